@@ -126,9 +126,9 @@ class Transcriber:
         return encoded, host_array(encoded), n_frames
 
     def decode_window(self, audio: np.ndarray, state: DecodeState, options: TranscriptionOptions,
-                      language: str | None) -> Window:
-        """Decode the window starting at `state.seek` (audio is absolute from sample 0 of `audio`)."""
-        start = state.seek * HOP
+                      language: str | None, offset: int = 0) -> Window:
+        """Decode the window starting at `state.seek`; `audio[0]` is absolute sample `offset`."""
+        start = state.seek * HOP - offset
         window_audio = audio[start:start + WINDOW_SAMPLES]
         encoded, encoder_output, n_frames = self.encode(window_audio)
         if state.language is None:
@@ -164,18 +164,19 @@ class Transcriber:
         return window
 
     def windows(self, audio: np.ndarray, state: DecodeState, options: TranscriptionOptions,
-                language: str | None, *, final: bool, cancel: Callable[[], bool] | None = None) -> Iterator[Window]:
-        """Every window that `audio` (absolute samples seen so far) makes final.
+                language: str | None, *, final: bool, offset: int = 0,
+                cancel: Callable[[], bool] | None = None) -> Iterator[Window]:
+        """Every window that the samples seen so far make final (`audio[0]` is absolute sample `offset`).
 
         A window is final once its 30 s of samples are present, or at the end of the audio.
         """
-        content_frames = len(audio) // HOP
+        content_frames = (offset + len(audio)) // HOP
         while state.seek < content_frames:
-            if not final and (state.seek * HOP + WINDOW_SAMPLES) > len(audio):
+            if not final and (state.seek * HOP + WINDOW_SAMPLES) > offset + len(audio):
                 return
             if cancel is not None and cancel():
                 raise Cancelled("the call was cancelled or its deadline passed; work stopped")
-            yield self.decode_window(audio, state, options, language)
+            yield self.decode_window(audio, state, options, language, offset)
 
     def _detect_language(self, encoded: ctranslate2.StorageView) -> str:
         if not self.multilingual:

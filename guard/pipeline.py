@@ -1,0 +1,337 @@
+"""The guard, top to bottom: audio -> transcribe -> probe -> signature -> score -> policy -> result.
+
+`Guard` holds the loaded models (the only long-lived state); each call is independent and
+thread-safe. `transcribe` guards faster-whisper's own output, `verify` scores a transcript that
+another system produced, `open_stream` does what `transcribe` does as audio arrives.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+from faster_whisper.transcribe import get_compression_ratio
+
+from guard import score as scoring
+from guard.acoustic import VoiceActivity
+from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
+from guard.config import Settings
+from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
+from guard.models import ResolvedModel, resolve
+from guard.policy import Policy
+from guard.policy import resolve as resolve_policy
+from guard.probe.runner import Probe, ProbeCache
+from guard.results import GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment
+from guard.signature import SegmentSlice, WindowContext, segment_features, text_features
+
+log = logging.getLogger(__name__)
+Cancel = Callable[[], bool] | None
+FRAME_SECONDS = 0.02  # one encoder frame
+
+
+def load_phrases() -> frozenset[str]:
+    """The Bag of Hallucinations phrase list (Baranski et al., ICASSP 2025; MIT), normalised."""
+    text = resources.files("guard.data").joinpath("boh.csv").read_text(encoding="utf-8")
+    return frozenset(row["prediction"].strip() for row in csv.DictReader(text.splitlines()) if row.get("prediction"))
+
+
+@dataclass
+class Bundle:
+    """Everything loaded for one Whisper model."""
+
+    name: str
+    resolved: ResolvedModel
+    transcriber: Transcriber
+    probe: Probe
+    calibration: scoring.Calibration
+    alignment_heads: np.ndarray
+
+
+class Guard:
+    def __init__(self, settings: Settings, on_fallback: Callable[[str, str], None] | None = None,
+                 *, require_calibration: bool = True):
+        self.settings = settings
+        self.require_calibration = require_calibration
+        self.device = settings.resolved_device()
+        self.vad = VoiceActivity()
+        self.phrases = load_phrases()
+        self._on_fallback = on_fallback
+        self.bundles: dict[str, Bundle] = {}
+        for name in dict.fromkeys([settings.model, *settings.models]):
+            bundle = self._load(name, allow_paths=settings.allow_model_paths)
+            self.bundles[bundle.name] = bundle
+        self.default_model = next(iter(self.bundles))
+        self.model_names = list(self.bundles)
+
+    def _load(self, name: str, *, allow_paths: bool) -> Bundle:
+        t0 = time.perf_counter()
+        resolved = resolve(name, cache=self.settings.model_cache, allow_paths=allow_paths)
+        transcriber = Transcriber(resolved, self.settings)
+        probe = Probe(resolved.path / "model.bin", device=self.device, threads=self.settings.probe_threads,
+                      on_fallback=self._on_fallback)
+        try:
+            calibration = scoring.load(resolved.name, self.settings.calibration)
+        except ModelError:
+            if self.require_calibration:
+                raise
+            calibration = scoring.neutral(resolved.name)
+        config = json.loads((resolved.path / "config.json").read_text())
+        heads = np.array(config.get("alignment_heads") or [], dtype=np.int64).reshape(-1, 2)
+        log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
+                 transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
+        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads)
+
+    # ------------------------------------------------------------ public calls
+    def bundle(self, name: str | None) -> Bundle:
+        if name is None or name == "":
+            return self.bundles[self.default_model]
+        if name not in self.bundles:
+            raise UnknownModel(f"model {name!r} is not served here; available: {', '.join(self.model_names)}")
+        return self.bundles[name]
+
+    def policy(self, bundle: Bundle, options: RequestOptions) -> Policy:
+        s = self.settings
+        return resolve_policy(options.policy, options.flag_threshold, options.suppress_threshold,
+                              default_mode=s.policy, config_flag=s.flag_threshold,
+                              config_suppress=s.suppress_threshold, calibrated=bundle.calibration.thresholds)
+
+    def transcribe(self, audio: np.ndarray, options: RequestOptions, cancel: Cancel = None) -> GuardResult:
+        session = self.open_stream(options)
+        session.push(audio)
+        return session.finish(cancel, include_fed=True)
+
+    def open_stream(self, options: RequestOptions) -> "StreamSession":
+        bundle = self.bundle(options.model)
+        return StreamSession(self, bundle, options, self.policy(bundle, options))
+
+    def verify(self, audio: np.ndarray, transcript: list[TranscriptSegment], options: RequestOptions,
+               cancel: Cancel = None) -> GuardResult:
+        bundle = self.bundle(options.model)
+        policy = self.policy(bundle, options)
+        timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
+        windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
+        scored: list[ScoredSegment] = []
+        language = options.language
+        index = 0
+        for w, (start, segs, timed) in enumerate(windows):
+            if cancel is not None and cancel():
+                raise Cancelled("the call was cancelled or its deadline passed; work stopped")
+            t0 = time.perf_counter()
+            first = int(round(start * SAMPLE_RATE / HOP)) * HOP
+            window_audio = audio[first:first + WINDOW_SAMPLES]
+            encoded, encoder_output, n_frames = bundle.transcriber.encode(window_audio)
+            if language is None:
+                language = bundle.transcriber._detect_language(encoded)
+            tokenizer = bundle.transcriber.tokenizer(language)
+            prompt = list(tokenizer.sot_sequence) + ([] if timed else [tokenizer.no_timestamps])
+            tokens, spans = [], []
+            for seg in segs:
+                text_tokens = tokenizer.encode(" " + seg.text.strip())
+                if not text_tokens:
+                    raise TranscriptError(f"segment {seg.text!r} has no tokens")
+                lo = len(tokens)
+                if timed:
+                    tokens.append(tokenizer.timestamp_begin + _ts_index(seg.start - first / SAMPLE_RATE))
+                tokens.extend(text_tokens)
+                if timed:
+                    tokens.append(tokenizer.timestamp_begin + _ts_index(seg.end - first / SAMPLE_RATE))
+                spans.append((lo, len(tokens)))
+            if len(prompt) + len(tokens) + 1 > bundle.probe.dims["max_positions"]:
+                raise TranscriptError(f"the transcript for {start:.1f}-{start + 30:.1f} s has {len(tokens)} tokens; "
+                                      f"a 30 s window holds at most {bundle.probe.dims['max_positions'] - len(prompt) - 1}")
+            timings["transcribe"] += time.perf_counter() - t0
+            eot_row = len(prompt) + len(tokens) - 1
+            sot_row = prompt.index(tokenizer.sot) if tokenizer.sot in prompt else 0
+            extra_rows = np.array([eot_row, sot_row]), np.array([tokenizer.eot, tokenizer.no_speech])
+            window = Window(w, first // HOP, n_frames, window_audio, encoder_output, prompt, tokens, 0.0, 0.0, 0.0,
+                            0.0, language)
+            ctx, cache_lp = self._probe(bundle, window, extra_rows, timings)
+            lp_emitted = ctx.token_logprob[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
+            window.avg_logprob = float((np.sum(lp_emitted) + cache_lp[0]) / (len(tokens) + 1))
+            window.no_speech_prob = float(np.exp(cache_lp[1]))
+            window.compression_ratio = float(get_compression_ratio(tokenizer.decode(tokens).strip()))
+            for seg, (lo, hi) in zip(segs, spans):
+                s_start = seg.start if timed else first / SAMPLE_RATE
+                s_end = seg.end if timed else (first + len(window_audio)) / SAMPLE_RATE
+                window.segments.append(Segment(index, w, float(s_start), float(s_end), " " + seg.text.strip(),
+                                               tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
+                                               window.compression_ratio))
+                index += 1
+            scored += self._score_segments(bundle, window, ctx, spans, policy, options.return_features, timings)
+        return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings)
+
+    # ------------------------------------------------------------ shared stages
+    def _probe(self, bundle: Bundle, window: Window, extra_rows: tuple[np.ndarray, np.ndarray] | None,
+               timings: dict[str, float]) -> tuple[WindowContext, np.ndarray]:
+        """One teacher-forced pass over prompt + emitted tokens; per-position token statistics."""
+        t0 = time.perf_counter()
+        seq = window.prompt + window.tokens
+        rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
+        targets = np.asarray(window.tokens, dtype=np.int64)
+        if extra_rows is not None:
+            rows = np.concatenate([rows, extra_rows[0]])
+            targets = np.concatenate([targets, extra_rows[1]])
+        seq = seq[:int(rows.max()) + 1] if len(rows) else seq[:1]  # the last token is only ever a target
+        cache: ProbeCache = bundle.probe.run(seq, window.encoder_output, rows, targets)
+        timings["probe"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n_main = len(window.tokens)
+        lp = np.full(len(seq), np.nan)
+        ent = np.full(len(seq), np.nan)
+        ok = np.zeros(len(seq), dtype=bool)
+        main_rows = rows[:n_main]
+        lp[main_rows] = cache["logits.target_logprob"][:n_main]
+        ent[main_rows] = cache["logits.entropy"][:n_main]
+        ok[main_rows] = cache["logits.argmax"][:n_main] == targets[:n_main]
+        evidence = self.vad.evidence(window.audio, enabled=self.settings.vad)
+        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok)
+        timings["signature"] += time.perf_counter() - t0
+        return ctx, cache["logits.target_logprob"][n_main:]
+
+    def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
+                        policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
+        t0 = time.perf_counter()
+        eot = bundle.transcriber.tokenizer(window.language).eot
+        rows_features = []
+        for i, (seg, (lo, hi)) in enumerate(zip(window.segments, spans)):
+            positions = np.arange(lo, hi)
+            text_pos = positions[np.asarray(window.tokens[lo:hi]) < eot]
+            if len(text_pos) == 0:
+                text_pos = positions
+            rows = len(window.prompt) - 1 + text_pos
+            frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
+            frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
+            sl = SegmentSlice(rows, frame_lo, frame_hi, i, len(window.segments))
+            feats = text_features(seg.text, seg.start, seg.end, seg.avg_logprob, seg.no_speech_prob,
+                                  seg.compression_ratio, seg.temperature, self.phrases)
+            feats.update(segment_features(ctx, sl))
+            rows_features.append(feats)
+        timings["signature"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = []
+        if rows_features:
+            scores = bundle.calibration.score(rows_features)
+            for seg, feats, s in zip(window.segments, rows_features, scores):
+                out.append(ScoredSegment(seg, float(s), policy.decide(float(s)), bundle.calibration.reasons(feats),
+                                         feats if return_features else None))
+        timings["score"] += time.perf_counter() - t0
+        return out
+
+    def analyse_window(self, bundle: Bundle, window: Window, policy: Policy, return_features: bool,
+                       timings: dict[str, float]) -> list[ScoredSegment]:
+        ctx, _ = self._probe(bundle, window, None, timings)
+        return self._score_segments(bundle, window, ctx, locate(window), policy, return_features, timings)
+
+
+class StreamSession:
+    """Guarded transcription of audio that arrives in pieces; a window is decoded once it is final."""
+
+    def __init__(self, guard: Guard, bundle: Bundle, options: RequestOptions, policy: Policy):
+        self.guard, self.bundle, self.policy, self.options = guard, bundle, policy, options
+        self.asr_options = bundle.transcriber.options(beam_size=options.beam_size, language=options.language)
+        self.state = DecodeState()
+        self.chunks: list[np.ndarray] = []
+        self.buffered = 0  # samples in chunks
+        self.offset = 0  # absolute index of the first buffered sample
+        self.timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
+        self.emitted: list[ScoredSegment] = []
+
+    @property
+    def total_samples(self) -> int:
+        return self.offset + self.buffered
+
+    def push(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self.chunks.append(np.asarray(samples, dtype=np.float32))
+            self.buffered += len(samples)
+
+    def feed(self, samples: np.ndarray, cancel: Cancel = None) -> list[ScoredSegment]:
+        self.push(samples)
+        if self.total_samples < self.state.seek * HOP + WINDOW_SAMPLES:
+            return []
+        return self._run(final=False, cancel=cancel)
+
+    def finish(self, cancel: Cancel = None, include_fed: bool = False) -> GuardResult:
+        segments = self._run(final=True, cancel=cancel)
+        if include_fed:
+            segments = self.emitted
+        return GuardResult(segments, self.bundle.name, self.state.language or self.options.language or "en",
+                           self.total_samples / SAMPLE_RATE, self.policy.mode, dict(self.timings))
+
+    def _run(self, *, final: bool, cancel: Cancel) -> list[ScoredSegment]:
+        audio = np.concatenate(self.chunks) if len(self.chunks) > 1 else \
+            (self.chunks[0] if self.chunks else np.zeros(0, np.float32))
+        out: list[ScoredSegment] = []
+        t0 = time.perf_counter()
+        for window in self.bundle.transcriber.windows(audio, self.state, self.asr_options, self.options.language,
+                                                      final=final, offset=self.offset, cancel=cancel):
+            self.timings["transcribe"] += time.perf_counter() - t0
+            out += self.guard.analyse_window(self.bundle, window, self.policy, self.options.return_features,
+                                             self.timings)
+            t0 = time.perf_counter()
+        self.timings["transcribe"] += time.perf_counter() - t0 - 0.0
+        drop = max(0, min(len(audio), self.state.seek * HOP - self.offset))
+        audio = audio[drop:]
+        self.offset += drop
+        self.chunks, self.buffered = ([audio] if len(audio) else []), len(audio)
+        self.emitted += out
+        return out
+
+
+def locate(window: Window) -> list[tuple[int, int]]:
+    """Token index range of each segment inside the window's emitted tokens (segments are slices)."""
+    spans, pos = [], 0
+    for seg in window.segments:
+        n = len(seg.tokens)
+        start = pos
+        while start + n <= len(window.tokens) and window.tokens[start:start + n] != seg.tokens:
+            start += 1
+        if start + n > len(window.tokens):  # cannot happen for faster-whisper's own split
+            raise RuntimeError(f"segment tokens not found in window {window.index}")
+        spans.append((start, start + n))
+        pos = start + n
+    return spans
+
+
+def _ts_index(seconds: float) -> int:
+    return int(np.clip(round(seconds / FRAME_SECONDS), 0, 1500))
+
+
+def plan_verify_windows(transcript: list[TranscriptSegment], duration: float
+                        ) -> list[tuple[float, list[TranscriptSegment], bool]]:
+    """Group a transcript into 30 s windows: (window start, its segments, timestamped?)."""
+    if not transcript:
+        raise TranscriptError("the transcript has no segments")
+    for i, seg in enumerate(transcript):
+        if not seg.text.strip():
+            raise TranscriptError(f"segment {i} has empty text")
+        if (seg.start is None) != (seg.end is None):
+            raise TranscriptError(f"segment {i}: give both start and end, or neither")
+        if seg.start is not None and not (seg.end > seg.start):
+            raise TranscriptError(f"segment {i}: end ({seg.end}) must be after start ({seg.start})")
+        if seg.end is not None and seg.end > duration + 1.0:
+            raise TranscriptError(f"segment {i} ends at {seg.end:.2f} s, after the audio ({duration:.2f} s)")
+    timed = [s.start is not None for s in transcript]
+    if not any(timed):
+        if duration > 30.0:
+            raise TranscriptError("segments without start/end can only be verified for audio up to 30 s; "
+                                  f"this audio is {duration:.1f} s: give each segment its times")
+        return [(0.0, list(transcript), False)]
+    if not all(timed):
+        raise TranscriptError("give start/end for every segment, or for none")
+    ordered = sorted(transcript, key=lambda s: s.start)
+    windows, current, w_start = [], [], ordered[0].start
+    for seg in ordered:
+        if current and seg.end > w_start + 30.0:
+            windows.append((w_start, current, True))
+            current, w_start = [], seg.start
+        if seg.end - seg.start > 30.0:
+            raise TranscriptError(f"segment at {seg.start:.2f} s is longer than 30 s; split it")
+        current.append(seg)
+    windows.append((w_start, current, True))
+    return windows
