@@ -1,0 +1,290 @@
+"""Detection benchmark: the guard's score against every anchor, on held-out clips of the corpus.
+
+    python benchmarks/detection.py --corpus ../shared/bench --model tiny.en [--write-calibration]
+
+1. extract: run every clip through the guard (resumable cache, benchmarks/.cache/<model>.jsonl);
+2. label segments with the corpus rule; split clips into train/validation (guard.calibrate.split);
+3. fit the guard's score and a "confidence-only" model the same way on train;
+4. report on validation only: AUROC, TPR at 1% and 5% FPR for the guard and every anchor
+   (avg_logprob, no_speech_prob, compression ratio, faster-whisper's skip rule, Silero VAD speech
+   share, whisper-guard 0.3.3, Bag of Hallucinations, confidence-only), by kind/category, on the
+   stress mixtures and on windows that hold both real speech and hallucination; the default policy's
+   suppression numbers;
+5. write benchmarks/results/detection-<model>.{json,md,png} and validation predictions in the
+   corpus scorer's format (benchmarks/results/raw/predictions-<model>.jsonl), then run the corpus'
+   own score.py on them as a cross-check.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from guard import evaluation
+from guard.calibrate import CONFIDENCE_FEATURES, fit_on_split, groups_of, split
+from guard.corpus import load, read_manifest
+from guard.labels import label_segments
+from guard.signature import normalise
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ANCHOR_DIR = HERE / ".cache" / "anchors"
+
+
+# ---------------------------------------------------------------- anchors
+def whisper_guard_033(segments_by_clip: dict[str, list[dict]]) -> dict[int, float]:
+    """whisper-guard 0.3.3 (PyPI), installed beside the benchmark: 1 where it drops the segment."""
+    if not (ANCHOR_DIR / "whisper_guard").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(ANCHOR_DIR),
+                        "whisper-guard==0.3.3"], check=True)
+    sys.path.insert(0, str(ANCHOR_DIR))
+    from whisper_guard import WhisperGuard  # type: ignore
+
+    wg = WhisperGuard()
+    out = {}
+    for segs in segments_by_clip.values():
+        view = [{"text": s["text"], "start": s["start"], "end": s["end"], "avg_logprob": s["avg_logprob"],
+                 "no_speech_prob": s["no_speech_prob"], "compression_ratio": s["compression_ratio"]} for s in segs]
+        result = wg.process(view)
+        kept = {id(s) for s in wg._filter_segments(view)} if result.passed else set()
+        for s, v in zip(segs, view):
+            out[s["_key"]] = 0.0 if id(v) in kept else 1.0
+    return out
+
+
+def boh_match(text: str, phrases: frozenset[str]) -> float:
+    """Bag of Hallucinations: the segment is a listed phrase, or a loop of one (de-looping)."""
+    words = normalise(text).split()
+    if not words:
+        return 0.0
+    joined = " ".join(words)
+    if joined in phrases:
+        return 1.0
+    for size in range(1, min(8, len(words) // 2) + 1):  # a loop of one unit made only of listed phrases
+        unit = " ".join(words[:size])
+        if unit in phrases and len(words) % size == 0 and words == words[:size] * (len(words) // size):
+            return 1.0
+    return 0.0
+
+
+def anchor_scores(rows: list[dict], phrases: frozenset[str]) -> dict[str, np.ndarray]:
+    f = lambda k: np.array([r["features"][k] for r in rows])  # noqa: E731
+    nsp, alp = f("conf.no_speech_prob"), f("conf.avg_logprob")
+    by_clip = defaultdict(list)
+    for r in rows:
+        by_clip[r["id"]].append(r)
+    wg = whisper_guard_033(by_clip)
+    return {
+        "avg_logprob": -alp,
+        "no_speech_prob": nsp,
+        "compression_ratio": f("conf.compression_ratio"),
+        "faster-whisper skip rule": ((nsp > 0.6) & (alp < -1.0)).astype(float),
+        "Silero VAD speech share": 1.0 - f("vad.segment_share"),
+        "whisper-guard 0.3.3": np.array([wg[r["_key"]] for r in rows]),
+        "Bag of Hallucinations": np.array([boh_match(r["text"], phrases) for r in rows]),
+    }
+
+
+# ---------------------------------------------------------------- subsets
+def shared_window(rows: list[dict]) -> np.ndarray:
+    """Segments in a 30 s window that holds both grounded and hallucinated segments."""
+    labels = defaultdict(set)
+    for r in rows:
+        labels[(r["id"], r["window"])].add(r["label"])
+    return np.array([labels[(r["id"], r["window"])] == {0, 1} for r in rows])
+
+
+def policy_numbers(rows: list[dict], scores: np.ndarray, thresholds: dict[str, float]) -> dict:
+    y = np.array([r["label"] for r in rows])
+    words = np.array([r["n_words"] for r in rows])
+    nonspeech = np.array([r["kind"] == "nonspeech" for r in rows])
+    out = {}
+    for action in ("flag", "suppress"):
+        hit = scores >= thresholds[action]
+        out[action] = {
+            "threshold": thresholds[action],
+            "recall": float(hit[y == 1].mean()) if (y == 1).any() else float("nan"),
+            "false_rate_grounded": float(hit[y == 0].mean()) if (y == 0).any() else float("nan"),
+            "hallucinated_words_removed": float(words[hit & (y == 1)].sum() / max(1, words[y == 1].sum())),
+            "nonspeech_hallucinated_words_removed": float(words[hit & (y == 1) & nonspeech].sum() /
+                                                          max(1, words[(y == 1) & nonspeech].sum())),
+            "grounded_words_removed": float(words[hit & (y == 0)].sum() / max(1, words[y == 0].sum())),
+        }
+    return out
+
+
+def extract(corpus: Path, model: str, cache: Path) -> None:
+    """Every clip through the guard with features (resumable; about 20-40 min for DEV with tiny.en)."""
+    from guard import corpus as runner
+    from guard.config import Settings
+    from guard.pipeline import Guard
+    from guard.results import RequestOptions
+
+    if len(runner.done_ids(cache)) >= len(runner.read_manifest(corpus / "manifest.jsonl")):
+        return
+    guard = Guard(Settings(model=model, max_concurrent=1), require_calibration=False)
+    for _ in runner.run(guard, corpus / "manifest.jsonl", cache, options=RequestOptions(return_features=True),
+                        progress=True):
+        pass
+
+
+# ---------------------------------------------------------------- report
+def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> dict:
+    from guard.pipeline import load_phrases
+
+    clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
+    segments, info = load(cache)
+    rows = label_segments(clips, segments)
+    for k, r in enumerate(rows):
+        r["_key"] = k
+    side = split(clips)
+    groups = groups_of(clips)
+    all_features = sorted({k for r in rows for k in r["features"]})
+    guard_fit = fit_on_split(model, rows, side, groups, all_features)
+    conf_fit = fit_on_split(model, rows, side, groups, CONFIDENCE_FEATURES)
+    val = [r for r in rows if side[r["id"]] == "val"]
+    y = np.array([r["label"] for r in val])
+    detectors = {"whisper-guard (signature)": guard_fit.val_scores, "confidence-only model": conf_fit.val_scores,
+                 **anchor_scores(val, load_phrases())}
+    subsets = {
+        "all": np.ones(len(val), bool),
+        "stress mixtures": np.array([r["category"] == "stress" for r in val]),
+        "shared window (speech + hallucination)": shared_window(val),
+        **{f"kind={k}": np.array([r["kind"] == k for r in val]) for k in sorted({r["kind"] for r in val})},
+        **{f"category={c}": np.array([r["category"] == c for r in val]) for c in sorted({r["category"] for r in val})},
+    }
+    table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()} for name, m in subsets.items()
+             if m.sum() > 0}
+    stress_conditions = sorted({(r.get("condition") or "").split()[0] for r in val if r["category"] == "stress"})
+    for cond in stress_conditions:
+        m = np.array([r["category"] == "stress" and (r.get("condition") or "").startswith(cond) for r in val])
+        table[f"stress:{cond}"] = {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
+    policy = policy_numbers(val, guard_fit.val_scores, guard_fit.calibration.thresholds)
+    timings = defaultdict(float)
+    audio = 0.0
+    for i in info.values():
+        audio += i["duration"]
+        for k, v in i["timings"].items():
+            timings[k] += v
+    coef = sorted(zip(guard_fit.calibration.features, guard_fit.calibration.coef), key=lambda t: -abs(t[1]))
+    result = {"model": model, "corpus": str(corpus), "clips": len(info), "segments": len(rows),
+              "hallucinated": int(sum(r["label"] for r in rows)), "guard_fit": guard_fit.report,
+              "confidence_fit": conf_fit.report, "table": table, "policy": policy,
+              "stage_seconds": dict(timings), "audio_seconds": audio,
+              "top_coefficients": [[f, float(c)] for f, c in coef[:25]]}
+    result["roc"] = []
+    for d, sc in detectors.items():
+        fpr, tpr = roc_points(y, sc)
+        result["roc"].append({"name": d, "auroc": table["all"][d]["auroc"], "fpr": fpr, "tpr": tpr})
+    if write_calibration:
+        path = Path(__file__).resolve().parents[1] / "guard" / "calibration" / f"{model}.json"
+        path.write_text(json.dumps(guard_fit.calibration.to_json(), indent=1))
+        result["calibration_written"] = str(path)
+    write_predictions(model, val, guard_fit)
+    return result
+
+
+def write_predictions(model: str, val: list[dict], fitted) -> Path:
+    out = RESULTS / "raw" / f"predictions-{model}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cal = fitted.calibration
+    with open(out, "w", encoding="utf-8") as f:
+        for r, s in zip(val, fitted.val_scores):
+            verdict = "suppress" if s >= cal.thresholds["suppress"] else "flag" if s >= cal.thresholds["flag"] else "pass"
+            f.write(json.dumps({"id": r["id"], "start": r["start"], "end": r["end"], "text": r["text"],
+                                "score": float(s), "verdict": verdict, "avg_logprob": r["avg_logprob"],
+                                "no_speech_prob": r["no_speech_prob"],
+                                "compression_ratio": r["compression_ratio"]}) + "\n")
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Detection: {result['model']} (validation clips only)", "",
+             f"{result['guard_fit']['val_clips']} validation clips / {result['guard_fit']['val_segments']} segments "
+             f"(fit on {result['guard_fit']['train_clips']} train clips); corpus {result['clips']} clips, "
+             f"{result['segments']} segments, {result['hallucinated']} hallucinated.", ""]
+    for subset, dets in result["table"].items():
+        any_det = next(iter(dets.values()))
+        lines += [f"## {subset} (n={any_det['n']}, hallucinated={any_det['hallucinated']})", "",
+                  "| detector | AUROC | TPR @ 1% FPR | TPR @ 5% FPR |", "|---|---|---|---|"]
+        for d, m in dets.items():
+            lines.append(f"| {d} | {m['auroc']:.3f} | {m['tpr_at_fpr_1pct']:.3f} | {m['tpr_at_fpr_5pct']:.3f} |")
+        lines.append("")
+    lines += ["## Default policy (validation)", "", "| action | threshold | recall | false rate (grounded) | "
+              "halluc. words removed | non-speech halluc. words removed | grounded words removed |",
+              "|---|---|---|---|---|---|---|"]
+    for action, m in result["policy"].items():
+        lines.append(f"| {action} | {m['threshold']:.4f} | {m['recall']:.3f} | {m['false_rate_grounded']:.4f} | "
+                     f"{m['hallucinated_words_removed']:.3f} | {m['nonspeech_hallucinated_words_removed']:.3f} | "
+                     f"{m['grounded_words_removed']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def roc_plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no ROC plot (pip install '.[bench]')")
+        return
+    model, rows = result["model"], result["roc"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for r in rows:
+        ax.plot(r["fpr"], r["tpr"], label=f"{r['name']} ({r['auroc']:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.axvline(0.01, color="grey", lw=0.5, ls="--")
+    ax.set_xlabel("false positive rate (grounded segments flagged)")
+    ax.set_ylabel("true positive rate (hallucinations caught)")
+    ax.set_title(f"whisper-guard detection, {model}, validation clips")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[list[float], list[float]]:
+    order = np.argsort(-s, kind="mergesort")
+    ys = y[order]
+    tpr = np.concatenate([[0], np.cumsum(ys) / max(1, ys.sum())])
+    fpr = np.concatenate([[0], np.cumsum(1 - ys) / max(1, (1 - ys).sum())])
+    return fpr.tolist(), tpr.tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", type=Path, default=Path("../shared/bench"))
+    ap.add_argument("--model", default="tiny.en")
+    ap.add_argument("--cache", type=Path, help="extraction cache (default benchmarks/.cache/<model>.jsonl)")
+    ap.add_argument("--skip-extract", action="store_true", help="evaluate what the cache holds")
+    ap.add_argument("--write-calibration", action="store_true", help="ship the fitted score in guard/calibration/")
+    a = ap.parse_args(argv)
+    cache = a.cache or HERE / ".cache" / f"{a.model}.jsonl"
+    if not a.skip_extract:
+        extract(a.corpus, a.model, cache)
+
+    np.seterr(all="ignore")
+    result = evaluate(a.model, a.corpus, cache, a.write_calibration)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"detection-{a.model}.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=1, default=float))
+    md = markdown(result)
+    (RESULTS / f"detection-{a.model}.md").write_text(md)
+    roc_plot(result, RESULTS / f"detection-{a.model}-roc.png")
+    print(md)
+    scorer = a.corpus / "score.py"
+    if scorer.exists():
+        pred = RESULTS / "raw" / f"predictions-{a.model}.jsonl"
+        print("corpus scorer cross-check (validation predictions):")
+        subprocess.run([sys.executable, str(scorer), str(a.corpus / "manifest.jsonl"), str(pred)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
