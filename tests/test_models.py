@@ -1,0 +1,124 @@
+"""Model resolution: pinned checksums, split models joined once, clear errors, and the model.bin reader."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guard import models
+from guard.errors import ModelError, UnknownModel
+from guard.probe import ct2_reader
+
+
+def test_tiny_en_resolves_from_its_package_with_pinned_sha(tmp_path):
+    m = models.resolve("tiny.en", cache=tmp_path)
+    assert m.sha256 == models.KNOWN["tiny.en"].sha256
+    assert (m.path / "model.bin").is_file()
+
+
+def test_base_parts_are_joined_once_atomically_and_verified(tmp_path):
+    m = models.resolve("base", cache=tmp_path)
+    assert m.sha256 == models.KNOWN["base"].sha256
+    assert m.path.parent == tmp_path and (m.path / "tokenizer.json").is_file()
+    mtime = (m.path / "model.bin").stat().st_mtime_ns
+    again = models.resolve("base", cache=tmp_path)
+    assert again.path == m.path and (m.path / "model.bin").stat().st_mtime_ns == mtime  # not joined twice
+    assert [p.name for p in tmp_path.iterdir()] == [m.path.name]  # no temp dirs left behind
+
+
+def test_checksum_mismatch_is_a_clear_error(tmp_path, monkeypatch):
+    bad = dataclasses.replace(models.KNOWN["tiny.en"], sha256="0" * 64)
+    monkeypatch.setitem(models.KNOWN, "tiny.en", bad)
+    with pytest.raises(ModelError, match="sha256 .* expected 0{64}.*reinstall"):
+        models.resolve("tiny.en", cache=tmp_path)
+
+
+def test_corrupt_split_parts_are_rejected_and_not_cached(tmp_path, monkeypatch):
+    bad = dataclasses.replace(models.KNOWN["base"], sha256="f" * 64)
+    monkeypatch.setitem(models.KNOWN, "base", bad)
+    with pytest.raises(ModelError, match="corrupt or mismatched"):
+        models.resolve("base", cache=tmp_path)
+    assert not any(p.name.startswith("base") for p in tmp_path.iterdir())
+
+
+def test_missing_model_package_says_what_to_install(tmp_path, monkeypatch):
+    ghost = dataclasses.replace(models.KNOWN["tiny.en"], packages=("no_such_model_package",),
+                                pip="pip install no-such-model-package")
+    monkeypatch.setitem(models.KNOWN, "tiny.en", ghost)
+    with pytest.raises(ModelError, match="not installed; run: pip install no-such-model-package"):
+        models.resolve("tiny.en", cache=tmp_path)
+
+
+def test_unknown_names_and_paths(tmp_path):
+    with pytest.raises(UnknownModel, match="known models: tiny.en, base, small"):
+        models.resolve("large-v9", cache=tmp_path)
+    with pytest.raises(UnknownModel):
+        models.resolve(str(tmp_path), cache=tmp_path, allow_paths=False)
+    with pytest.raises(ModelError, match="missing model.bin, config.json, tokenizer.json"):
+        models.resolve(str(tmp_path), cache=tmp_path)
+
+
+def test_any_ctranslate2_directory_works_by_path(tmp_path):
+    src = models.resolve("tiny.en", cache=tmp_path).path
+    copy = tmp_path / "my-whisper"
+    shutil.copytree(src, copy)
+    m = models.resolve(str(copy), cache=tmp_path)
+    assert m.name == "my-whisper" and m.sha256 == models.KNOWN["tiny.en"].sha256
+
+
+# ---------------------------------------------------------------- model.bin reader
+def _string(s: str) -> bytes:
+    raw = s.encode() + b"\0"
+    return struct.pack("<H", len(raw)) + raw
+
+
+def _var(name: str, arr: np.ndarray, dtype: int) -> bytes:
+    return (_string(name) + bytes([arr.ndim]) + b"".join(struct.pack("<I", d) for d in arr.shape) + bytes([dtype])
+            + struct.pack("<I", arr.nbytes) + arr.tobytes())
+
+
+def _model_bin() -> tuple[bytes, np.ndarray]:
+    w = np.array([[10, -20, 30], [5, 0, -5]], dtype=np.int8)
+    scale = np.array([10.0, 5.0], dtype=np.float32)
+    emb = np.arange(6, dtype=np.float16).reshape(2, 3)
+    body = b"".join([_var("dec/linear/weight", w, 1), _var("dec/linear/weight_scale", scale, 0),
+                     _var("dec/embeddings/weight", emb, 4)])
+    data = (struct.pack("<I", 6) + _string("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", 3) + body
+            + struct.pack("<I", 1) + _string("dec/projection/weight") + _string("dec/embeddings/weight"))
+    return data, w.astype(np.float32) / scale[:, None]
+
+
+def test_reader_parses_dtypes_scales_and_aliases():
+    data, dequantized = _model_bin()
+    mb = ct2_reader.parse(data)
+    assert (mb.version, mb.spec, mb.revision) == (6, "WhisperSpec", 3)
+    np.testing.assert_allclose(mb.float32("dec/linear/weight"), dequantized)
+    np.testing.assert_array_equal(mb.float32("dec/projection/weight"), np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_reader_reads_the_real_tiny_en(tmp_path):
+    mb = ct2_reader.read(models.resolve("tiny.en", cache=tmp_path).path / "model.bin")
+    assert mb.spec == "WhisperSpec" and mb.get("decoder/embeddings/weight").shape == (51864, 384)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_reader_fuzz_truncated_flipped_or_random_input_is_a_model_error(data):
+    good, _ = _model_bin()
+    mode = data.draw(st.sampled_from(["truncate", "flip", "random"]))
+    if mode == "truncate":
+        buf = good[: data.draw(st.integers(0, len(good) - 1))]
+    elif mode == "flip":
+        pos = data.draw(st.integers(0, len(good) - 1))
+        buf = good[:pos] + bytes([good[pos] ^ data.draw(st.integers(1, 255))]) + good[pos + 1:]
+    else:
+        buf = data.draw(st.binary(max_size=200))
+    try:
+        ct2_reader.parse(buf)
+    except ModelError:
+        pass  # the only acceptable failure
