@@ -526,3 +526,81 @@ def test_install_script_into_fresh_venv(tmp_path):
     assert os.access(hc, os.X_OK) and hc.read_text().splitlines()[0] == f"#!{py}"
     down = run([str(hc), "--target", "127.0.0.1:1", "--timeout", "1"], cwd=tmp_path)
     assert down.returncode == 1
+
+
+def test_example_prometheus_config_is_valid():
+    out = run([need("promtool"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert [c["job_name"] for c in config["scrape_configs"]] == ["whisper-guard"]  # what the alerts select
+
+
+def test_healthcheck_speaks_tls(tmp_path):
+    """The exec probe of the TLS component and the image HEALTHCHECK, against a real TLS gRPC server."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    openssl = need("openssl")
+
+    def ssl(*args):
+        subprocess.run([openssl, *args], cwd=tmp_path, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign")
+    ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "tls.key",
+        "-out", "tls.csr", "-subj", "/CN=whisper-guard")
+    (tmp_path / "ext").write_text("subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    ssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.crt",
+        "-days", "1", "-extfile", "ext")
+    creds = grpc.ssl_server_credentials([((tmp_path / "tls.key").read_bytes(), (tmp_path / "tls.crt").read_bytes())])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    env = {**os.environ, "WHISPER_GUARD_ADDRESS": f"0.0.0.0:{port}", "WHISPER_GUARD_TLS_CERT": str(tmp_path / "tls.crt")}
+    check = [sys.executable, str(DEPLOY / "docker" / "healthcheck.py"), "--timeout", "5"]
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        ok = run(check, env=env)
+        assert ok.returncode == 0, ok.stderr  # ca.crt beside tls.crt verifies the server
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        draining = run(check, env=env)
+        assert draining.returncode == 1 and "NOT_SERVING" in draining.stderr
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        plain = {k: v for k, v in env.items() if k != "WHISPER_GUARD_TLS_CERT"}
+        assert run(check, env=plain).returncode == 1  # plaintext to a TLS port fails
+    finally:
+        server.stop(0)
+
+
+# ---- README ------------------------------------------------------------------------------------
+
+
+def readme_section(name: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"<!-- section: {name} (owner: observability) -->")
+    return text[start:text.index("<!-- /section -->", start)]
+
+
+def test_readme_shows_the_exact_manifests():
+    section = readme_section("deploy")
+    blocks = re.findall(r"<!-- file: (\S+) -->\n```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
+    for path, body in blocks:
+        assert body == (ROOT / path).read_text(), f"README copy of {path} differs from the file"
+    assert "deploy/k8s/base/deployment.yaml" in dict(blocks)
+
+
+def test_readme_explains_every_metric_and_alert():
+    section = readme_section("metrics")
+    m = GuardMetrics()
+    families = {f.name + ("_total" if f.type == "counter" else "") for f in m.registry.collect()
+                if f.name.startswith("whisper_guard_")}
+    documented = set(re.findall(r"`(whisper_guard_[a-z_]+)`", section))
+    assert documented == families, (families - documented, documented - families)
+    for name in alerts():
+        assert f"`{name}`" in section, name
