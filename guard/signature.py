@@ -220,12 +220,19 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     return f
 
 
+def top_right_vectors(x: np.ndarray) -> np.ndarray:
+    """Top right singular vector of each [n, m] matrix in x [..., n, m], via the n x n Gram matrix."""
+    gram = (x @ np.swapaxes(x, -1, -2)).astype(np.float64)
+    w, u = np.linalg.eigh(gram)
+    v = np.einsum("...nm,...n->...m", x.astype(np.float64), u[..., :, -1])
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), EPS)
+
+
 def _top_mode_alignment(x: np.ndarray) -> float:
     """Mean |cos| between consecutive layers' top right singular vectors ([L, n, m] input)."""
     if x.shape[0] < 2 or x.shape[1] == 0:
         return 1.0
-    _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
-    top = vt[:, 0, :]
+    top = top_right_vectors(x)
     return float(np.mean(np.abs(np.sum(top[1:] * top[:-1], -1))))
 
 

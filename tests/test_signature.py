@@ -122,3 +122,12 @@ def test_coupling_features_on_a_detached_map():
     assert f["decoder.layers.0.cross_attn.pattern.eff_rank"] == pytest.approx(1.0, abs=1e-4)
     assert f["align.peak_in_span"] == 0.0
     assert f["align.peak_speech"] == 0.0
+
+
+def test_top_right_vectors_match_svd_up_to_sign():
+    from guard.signature import top_right_vectors
+
+    x = rng.normal(size=(3, 9, 200))
+    v = top_right_vectors(x)
+    ref = np.linalg.svd(x)[2][:, 0, :]
+    np.testing.assert_allclose(np.abs(np.sum(v * ref, -1)), 1.0, atol=1e-8)
