@@ -384,9 +384,9 @@ def test_guard_is_a_hardened_native_sidecar(rendered, overlay):
         if overlay.endswith("-tls"):
             assert p["exec"]["command"] == ["/opt/whisper-guard/bin/whisper-guard-healthcheck"]
             assert "grpc" not in p
+            assert p["timeoutSeconds"] > 4  # the health check's own RPC timeout is 4 s
         else:
             assert p["grpc"]["port"] == grpc_port  # kubelet's native gRPC health probe
-        assert p["timeoutSeconds"] if "exec" in p else True
     assert pod["terminationGracePeriodSeconds"] > float(env["WHISPER_GUARD_GRACE_SECONDS"])
 
 
