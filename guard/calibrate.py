@@ -21,7 +21,7 @@ SEED = 20261122
 VAL_SHARE = 0.4
 CONFIDENCE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compression_ratio", "vad.segment_share",
                        "seg.duration"]
-L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+L2_GRID = (3.0, 10.0, 30.0, 100.0)
 FLAG_FPR = 0.01  # default flag threshold: at most 1% of grounded validation segments flagged
 SUPPRESS_FPR = 0.005  # suppression is stricter
 

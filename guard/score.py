@@ -1,7 +1,8 @@
 """The attractor-regime score: a calibrated logistic model over the signature, per Whisper model.
 
-Small and explainable on purpose: standardised (and where needed log-transformed) features, one
-weight each, L2-regularised, fitted on a train split by clip. The coefficients ship inside the
+Small and explainable on purpose: standardised (and where needed log- or logit-transformed)
+features z, each with a linear and a quadratic weight (logit = sum_j a_j z_j + b_j z_j^2 + c, so a
+feature can be suspicious at both extremes), L2-regularised, fitted on a train split by clip. The coefficients ship inside the
 package as JSON (`guard/calibration/<model>.json`); `whisper-guard calibrate` writes a new one
 from a user's labelled corpus. Each score comes with its largest contributions (the reason).
 """
@@ -35,6 +36,7 @@ class Calibration:
     intercept: float
     thresholds: dict[str, float]
     meta: dict = field(default_factory=dict)
+    quadratic: bool = True  # coef holds [linear..., quadratic...]
 
     def design(self, rows: list[dict[str, float]]) -> np.ndarray:
         """Raw feature dicts -> standardised design matrix [n, k] (missing features count as the mean)."""
@@ -45,16 +47,23 @@ class Calibration:
         z = (x - self.mean) / self.scale
         return np.nan_to_num(z, nan=0.0, posinf=8.0, neginf=-8.0).clip(-8, 8)
 
+    def expand(self, z: np.ndarray) -> np.ndarray:
+        return np.hstack([z, z**2]) if self.quadratic else z
+
     def logits(self, rows: list[dict[str, float]]) -> np.ndarray:
-        return self.design(rows) @ self.coef + self.intercept
+        return self.expand(self.design(rows)) @ self.coef + self.intercept
+
+    def contributions(self, z: np.ndarray) -> np.ndarray:
+        """Per-feature push in logits: a_j z_j (+ b_j z_j^2)."""
+        k = len(self.features)
+        return z * self.coef[:k] + (z**2 * self.coef[k:] if self.quadratic else 0.0)
 
     def score(self, rows: list[dict[str, float]]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logits(rows)))
 
     def reasons(self, row: dict[str, float], top: int = 3) -> list[Reason]:
         """The features that pushed this score up the most (contribution in logits)."""
-        z = self.design([row])[0]
-        contrib = z * self.coef
+        contrib = self.contributions(self.design([row])[0])
         order = np.argsort(-contrib)[:top]
         return [Reason(self.features[j], float(row.get(self.features[j], np.nan)), float(contrib[j]))
                 for j in order if contrib[j] > 0]
@@ -62,18 +71,21 @@ class Calibration:
     def to_json(self) -> dict:
         return {"model": self.model, "features": self.features, "transforms": self.transforms,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
-                "intercept": self.intercept, "thresholds": self.thresholds, "meta": self.meta}
+                "intercept": self.intercept, "thresholds": self.thresholds, "quadratic": self.quadratic,
+                "meta": self.meta}
 
     @classmethod
     def from_json(cls, d: dict) -> "Calibration":
         k = len(d["features"])
+        quadratic = bool(d.get("quadratic", False))
         arrays = [np.asarray(d[key], dtype=np.float64) for key in ("mean", "scale", "coef")]
-        if any(a.shape != (k,) for a in arrays) or len(d["transforms"]) != k:
+        if arrays[0].shape != (k,) or arrays[1].shape != (k,) or arrays[2].shape != ((2 * k,) if quadratic else (k,)) \
+                or len(d["transforms"]) != k:
             raise ModelError("calibration file is inconsistent: features, transforms, mean, scale, coef differ in length")
         if any(t not in TRANSFORMS for t in d["transforms"]):
             raise ModelError(f"calibration file names an unknown transform; known: {', '.join(TRANSFORMS)}")
         return cls(d["model"], list(d["features"]), list(d["transforms"]), *arrays, float(d["intercept"]),
-                   {k: float(v) for k, v in d["thresholds"].items()}, d.get("meta", {}))
+                   {k: float(v) for k, v in d["thresholds"].items()}, d.get("meta", {}), quadratic)
 
 
 def load(model: str, path: Path | None = None) -> Calibration:
@@ -95,7 +107,7 @@ def neutral(model: str) -> Calibration:
     """A calibration with no weights (every score 0.5): only for extracting features to fit one."""
     empty = np.zeros(0)
     return Calibration(model, [], [], empty, empty + 1, empty, 0.0, {"flag": 1.0, "suppress": 1.0},
-                       {"neutral": True})
+                       {"neutral": True}, quadratic=False)
 
 
 # ---------------------------------------------------------------- fitting
@@ -120,7 +132,7 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float = 1.0, weights: np.ndar
 
 
 def fit(model: str, rows: list[dict[str, float]], labels: np.ndarray, features: list[str],
-        transforms: dict[str, str], l2: float = 1.0) -> Calibration:
+        transforms: dict[str, str], l2: float = 1.0, quadratic: bool = True) -> Calibration:
     """Fit a calibration on feature dicts with 0/1 labels (balanced class weights)."""
     tr = [transforms.get(f, "identity") for f in features]
     x = np.array([[r.get(f, np.nan) for f in features] for r in rows], dtype=np.float64)
@@ -135,5 +147,6 @@ def fit(model: str, rows: list[dict[str, float]], labels: np.ndarray, features: 
     pos = max(1.0, y.sum())
     neg = max(1.0, len(y) - y.sum())
     weights = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
-    coef, intercept = fit_logistic(z, y, l2=l2, weights=weights)
-    return Calibration(model, list(features), tr, mean, scale, coef, intercept, {"flag": 0.5, "suppress": 0.5})
+    coef, intercept = fit_logistic(np.hstack([z, z**2]) if quadratic else z, y, l2=l2, weights=weights)
+    return Calibration(model, list(features), tr, mean, scale, coef, intercept, {"flag": 0.5, "suppress": 0.5},
+                       quadratic=quadratic)
