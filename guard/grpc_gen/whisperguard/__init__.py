@@ -1,0 +1,1 @@
+"""Generated from proto/ by guard.grpc_gen.generate; do not edit."""
