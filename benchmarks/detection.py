@@ -49,11 +49,13 @@ def whisper_guard_033(segments_by_clip: dict[str, list[dict]]) -> dict[int, floa
     out = {}
     for segs in segments_by_clip.values():
         view = [{"text": s["text"], "start": s["start"], "end": s["end"], "avg_logprob": s["avg_logprob"],
-                 "no_speech_prob": s["no_speech_prob"], "compression_ratio": s["compression_ratio"]} for s in segs]
+                 "no_speech_prob": s["no_speech_prob"], "compression_ratio": s["compression_ratio"], "_i": i}
+                for i, s in enumerate(segs)]
         result = wg.process(view)
-        kept = {id(s) for s in wg._filter_segments(view)} if result.passed else set()
-        for s, v in zip(segs, view):
-            out[s["_key"]] = 0.0 if id(v) in kept else 1.0
+        # it copies the segments it keeps, so match them by position
+        kept = {s["_i"] for s in wg._filter_segments(view)} if result.passed else set()
+        for i, s in enumerate(segs):
+            out[s["_key"]] = 0.0 if i in kept else 1.0
     return out
 
 

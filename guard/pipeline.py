@@ -20,7 +20,7 @@ from faster_whisper.transcribe import get_compression_ratio
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
 from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
-from guard.config import Settings
+from guard.config import Device, Settings
 from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
 from guard.models import ResolvedModel, resolve
 from guard.policy import Policy
@@ -32,6 +32,15 @@ from guard.signature import SegmentSlice, WindowContext, segment_features, text_
 log = logging.getLogger(__name__)
 Cancel = Callable[[], bool] | None
 FRAME_SECONDS = 0.02  # one encoder frame
+
+
+def _cuda_available() -> bool:
+    import ctranslate2
+
+    try:
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install counts as none
+        return False
 
 
 def load_phrases() -> frozenset[str]:
@@ -55,9 +64,17 @@ class Bundle:
 class Guard:
     def __init__(self, settings: Settings, on_fallback: Callable[[str, str], None] | None = None,
                  *, require_calibration: bool = True):
-        self.settings = settings
         self.require_calibration = require_calibration
         self.device = settings.resolved_device()
+        if self.device == "cuda" and not _cuda_available():
+            log.warning("device=cuda but CTranslate2 sees no CUDA device; falling back to CPU (int8)")
+            if on_fallback:
+                on_fallback("ctranslate2", "cuda_unavailable")
+            self.device = "cpu"
+            half = settings.compute_type in ("float16", "int8_float16", "bfloat16", "int8_bfloat16")
+            settings = settings.model_copy(update={"device": Device.cpu, "compute_type": "default" if half
+                                                   else settings.compute_type})
+        self.settings = settings
         self.vad = VoiceActivity()
         self.phrases = load_phrases()
         self._on_fallback = on_fallback

@@ -307,7 +307,8 @@ class GuardServer:
             if self._load_guard is None:
                 from guard.pipeline import Guard
 
-                self._load_guard = Guard
+                fallback = self.metrics.fallback if self.metrics else None
+                self._load_guard = lambda settings: Guard(settings, on_fallback=fallback)
             guard = self._load_guard(self.settings)
         except Exception as e:  # noqa: BLE001 - reported on health, in the log and to callers
             self.service.load_error = f"{type(e).__name__}: {e}"

@@ -118,3 +118,27 @@ def test_bad_options_are_typed_errors(guard, load_audio):
 def test_cancel_stops_work_between_windows(guard, load_audio):
     with pytest.raises(Cancelled):
         guard.transcribe(load_audio(LONG), RequestOptions(), cancel=lambda: True)
+
+
+def test_cuda_requested_without_a_gpu_falls_back_to_cpu_with_a_metric_hook(tmp_path):
+    """Runs the real fallback path on this GPU-less machine (skipped where a GPU exists)."""
+    import ctranslate2
+    import onnxruntime as ort
+
+    from guard.config import Settings
+    from guard.models import resolve
+    from guard.pipeline import Guard
+    from guard.probe.runner import Probe
+
+    if ctranslate2.get_cuda_device_count() > 0 or "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is present: the fallback does not happen here")
+    events = []
+    g = Guard(Settings(model="tiny.en", device="cuda", compute_type="float16"),
+              on_fallback=lambda c, r: events.append((c, r)))
+    assert g.device == "cpu" and g.bundle(None).transcriber.compute_type == "int8"
+    assert events == [("ctranslate2", "cuda_unavailable")]
+    events.clear()
+    probe = Probe(resolve("tiny.en", cache=tmp_path).path / "model.bin", device="cuda",
+                  on_fallback=lambda c, r: events.append((c, r)))
+    assert probe.providers == ["CPUExecutionProvider"]
+    assert events == [("onnxruntime", "cuda_unavailable")]

@@ -60,11 +60,11 @@ class Probe:
             else:
                 log.warning("probe: onnxruntime has no CUDA provider (install onnxruntime-gpu); running on CPU")
                 if on_fallback:
-                    on_fallback("onnxruntime", "cuda_provider_missing")
+                    on_fallback("onnxruntime", "cuda_unavailable")
         self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
         self.providers = self.session.get_providers()
         if device == "cuda" and self.providers[0] != "CUDAExecutionProvider" and on_fallback:
-            on_fallback("onnxruntime", "cuda_provider_failed")
+            on_fallback("onnxruntime", "provider_error")
         self.n_layers = self.dims["layers"]
         self.names = [n for l in range(self.n_layers) for n in (pattern_name(l), out_name(l))] + list(LOGIT_OUTPUTS)
         self.runs = 0
