@@ -63,7 +63,8 @@ class Probe:
                     on_fallback("onnxruntime", "cuda_unavailable")
         self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
         self.providers = self.session.get_providers()
-        if device == "cuda" and self.providers[0] != "CUDAExecutionProvider" and on_fallback:
+        if providers[0] == "CUDAExecutionProvider" and self.providers[0] != providers[0] and on_fallback:
+            log.warning("probe: the CUDA provider failed to start; running on CPU")
             on_fallback("onnxruntime", "provider_error")
         self.n_layers = self.dims["layers"]
         self.names = [n for l in range(self.n_layers) for n in (pattern_name(l), out_name(l))] + list(LOGIT_OUTPUTS)
