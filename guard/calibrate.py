@@ -21,7 +21,7 @@ SEED = 20261122
 VAL_SHARE = 0.4
 CONFIDENCE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compression_ratio", "vad.segment_share",
                        "seg.duration"]
-L2_GRID = (3.0, 10.0, 30.0, 100.0)
+L2_GRID = (3.0, 10.0, 30.0, 100.0, 300.0)
 FLAG_FPR = 0.01  # default flag threshold: at most 1% of grounded validation segments flagged
 SUPPRESS_FPR = 0.005  # suppression is stricter
 
@@ -103,7 +103,7 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float) -> Calibr
 
 
 def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[str, str], folds: int = 5) -> float:
-    """Grouped k-fold on the train side: the L2 strength with the best mean AUROC + TPR at 5% FPR."""
+    """Grouped k-fold on the train side: the L2 strength with the best AUROC + mean TPR at 1% and 5% FPR."""
     fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
     fold = np.array([fold_of[groups[r["id"]]] for r in rows])
     y = np.array([r["label"] for r in rows])
@@ -117,7 +117,8 @@ def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[st
             cal = _fit(model, train, features, l2)
             idx = np.flatnonzero(fold == k)
             scores[idx] = cal.logits([rows[i]["features"] for i in idx])
-        quality = evaluation.auroc(y, scores) + evaluation.tpr_at_fpr(y, scores, 0.05)
+        quality = evaluation.auroc(y, scores) + (evaluation.tpr_at_fpr(y, scores, 0.01) +
+                                                  evaluation.tpr_at_fpr(y, scores, 0.05)) / 2
         if quality > best:
             best, best_l2 = quality, l2
     return best_l2
