@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from faster_whisper.vad import SileroVADModel
+import onnxruntime as ort
 from faster_whisper.utils import get_assets_path
+from faster_whisper.vad import SileroVADModel
 
 SAMPLE_RATE = 16000
 FRAME = 320  # samples per encoder frame (20 ms)
@@ -27,11 +28,24 @@ class FrameEvidence:
         return self.speech_prob >= threshold
 
 
+class _Silero(SileroVADModel):
+    """faster-whisper's Silero v6 wrapper (same model, same batching, same outputs) on a session
+    that keeps ONNX Runtime's memory arena: faster-whisper turns the arena off, and every 30 s
+    window then allocates its activations afresh (~60 ms a window instead of ~36 ms on a 2-core host)."""
+
+    def __init__(self, path: str):  # replaces SileroVADModel.__init__, which only builds the session
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 4
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=options)
+
+
 class VoiceActivity:
     """One Silero VAD session (thread-safe: ONNX Runtime sessions are)."""
 
     def __init__(self):
-        self.model = SileroVADModel(f"{get_assets_path()}/silero_vad_v6.onnx")
+        self.model = _Silero(f"{get_assets_path()}/silero_vad_v6.onnx")
 
     def evidence(self, audio: np.ndarray, total_frames: int = 1500, enabled: bool = True) -> FrameEvidence:
         n = min(total_frames, int(np.ceil(len(audio) / FRAME)))

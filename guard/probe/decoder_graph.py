@@ -1,21 +1,38 @@
 """Build the Whisper decoder as an ONNX graph from CTranslate2 weights, for teacher forcing.
 
-The graph takes a window's tokens (prompt + emitted) and its encoder output and returns, with
-stable TransformerLens-style names, what the probe reads:
+The graph takes a window's token embeddings (prompt + emitted, looked up by `Embedding`) and its
+encoder output, and returns with stable TransformerLens-style names what the probe reads:
 
-- `decoder.layers.{l}.cross_attn.pattern`  [heads, tokens, frames]  softmax attention weights
-- `decoder.layers.{l}.cross_attn.out`      [tokens, d_model]        sublayer output (before the residual add)
-- `logits.target_logprob`, `logits.argmax`, `logits.entropy`  [rows]  next-token statistics, only for
-  the rows asked for (the vocabulary projection is the costliest matmul; prompt rows skip it)
+- `decoder.layers.{l}.cross_attn.pattern`  [heads, K, frames]  softmax attention weights
+- `decoder.layers.{l}.cross_attn.out`      [K, d_model]        sublayer output (before the residual add)
+- `logits.target_logprob`, `logits.argmax`, `logits.entropy`  [R]  next-token statistics
+
+where the K `keep_rows` are the token positions anything is read at (all positions by default) and
+the R `logit_index` entries pick which of them get the vocabulary projection.
 
 Layout (CTranslate2 WhisperSpec): pre-norm blocks, self-attention with fused QKV `linear_0` and
 output `linear_1`; cross-attention `attention/linear_0` = Q, `linear_1` = fused KV, `linear_2` =
 output; FFN `linear_0` -> exact GELU -> `linear_1`; final layer norm; projection tied to the token
 embedding; LayerNorm epsilon 1e-5; learned position embeddings added to token embeddings.
+
+Cost-driven choices (see the perf section of the README; each keeps the outputs of the plain
+graph, `tests/test_perf_equivalence.py` holds that reference and pins the agreement):
+
+- cross-attention keys and values are projected straight into the layout their matmuls read
+  (`W_k @ encoder_output^T` is already [heads, d_head, frames]): no split, no per-layer transposes;
+- the 1/sqrt(d_head) scale is folded into the query weights, exact when it is a power of two
+  (d_head = 64 in every Whisper model), else applied to the scores as before;
+- the last layer runs its queries, cross-attention and FFN only on the kept rows: the prompt's
+  rows there feed nothing that is read;
+- the vocabulary projection (the costliest matmul) runs on the R logit rows only, against the
+  token embedding itself (Gemm with transB): one copy of the largest weight, not two;
+- weights are not embedded in the proto: `DecoderGraph.initializers` hands them to ONNX Runtime
+  as external initializers, so loading holds one float32 copy instead of four.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -26,6 +43,7 @@ from guard.probe.ct2_reader import ModelBin
 
 OPSET = 17
 EPS = 1e-5
+N_FRAMES = 1500  # encoder frames of a 30 s window (every Whisper model)
 
 
 def pattern_name(layer: int) -> str:
@@ -37,23 +55,93 @@ def out_name(layer: int) -> str:
 
 
 LOGIT_OUTPUTS = ("logits.target_logprob", "logits.argmax", "logits.entropy")
+INPUTS = ("embeddings", "encoder_output", "keep_rows", "logit_index", "targets")
+
+
+class Embedding:
+    """Token + position embedding rows, read from the model.bin mapping as the graph would.
+
+    Only the rows a window uses are converted to float32 (exact for float16/bfloat16 storage;
+    quantized tables dequantize per row as `ModelBin.float32` does), so the table is not held twice.
+    """
+
+    def __init__(self, weights: ModelBin):
+        self._w = weights
+        self._table = weights.aliases.get("decoder/embeddings/weight", "decoder/embeddings/weight")
+        self.positions = weights.float32("decoder/position_encodings/encodings")
+        self.vocab, self.d_model = weights.get("decoder/embeddings/weight").shape
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if len(tokens) > len(self.positions):
+            raise ModelError(f"{len(tokens)} tokens exceed the decoder's {len(self.positions)} positions")
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab):
+            raise ModelError(f"token id out of range 0..{self.vocab - 1}")
+        rows = _rows_float32(self._w, self._table, tokens)
+        return rows + self.positions[: len(tokens)]
+
+
+def _rows_float32(w: ModelBin, key: str, index: np.ndarray) -> np.ndarray:
+    value, dtype = w.variables[key], w.dtypes[key]
+    rows = value[index]
+    if dtype in (0, 4):
+        return rows.astype(np.float32)
+    if dtype == 5:
+        return (rows.astype(np.uint32) << 16).view(np.float32)
+    if dtype in (1, 2):
+        scale = w.float32(key[: -len("weight")] + "weight_scale" if key.endswith("weight") else key + "_scale")
+        return rows.astype(np.float32) / (scale.reshape(-1, 1)[index] if scale.ndim else scale)
+    return rows.astype(np.float32)
+
+
+def _external(name: str, value: np.ndarray) -> onnx.TensorProto:
+    """An initializer whose data ONNX Runtime receives by reference (`add_external_initializers`)."""
+    t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape,
+                         data_location=onnx.TensorProto.EXTERNAL)
+    for key, val in (("location", "guard-probe-weights"), ("offset", "0"), ("length", str(value.nbytes))):
+        t.external_data.add(key=key, value=val)
+    return t
+
+
+@dataclass
+class DecoderGraph:
+    model: onnx.ModelProto  # no large weights inside: see `initializers`
+    initializers: dict[str, np.ndarray]  # name -> float32 array, handed to ONNX Runtime by reference
+    dims: dict
+    embedding: Embedding
+
+    def self_contained(self) -> onnx.ModelProto:
+        """A copy of the model with every weight embedded (for export and inspection)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        embedded = [t for t in model.graph.initializer if t.name not in self.initializers]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(embedded)
+        model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in self.initializers.items())
+        return model
 
 
 class _Builder:
     def __init__(self, weights: ModelBin):
         self.w = weights
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.small: list[onnx.TensorProto] = []  # constants embedded in the proto
+        self.large: dict[str, np.ndarray] = {}  # weights passed by reference
         self._n = 0
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        value = np.ascontiguousarray(value)
+        if value.size >= 1024:
+            self.large[name] = value
+        else:
+            self.small.append(numpy_helper.from_array(value, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], name: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, inputs: list[str], name: str | None = None, n_out: int = 1, **attrs) -> str:
         self._n += 1
         out = name or f"{op_type.lower()}_{self._n}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"n{self._n}_{op_type}", **attrs))
+        outs = [out] if n_out == 1 else [f"{out}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"n{self._n}_{op_type}", **attrs))
         return out
 
     def weight(self, name: str) -> np.ndarray:
@@ -64,36 +152,28 @@ class _Builder:
     def bias(self, name: str, size: int) -> np.ndarray:
         return self.w.float32(name) if self.w.has(name) else np.zeros(size, np.float32)
 
-    def linear(self, x: str, prefix: str, tag: str) -> str:
-        w = self.weight(f"{prefix}/weight")  # [out, in]
-        wt = self.const(f"{tag}.W", w.T)
-        b = self.const(f"{tag}.b", self.bias(f"{prefix}/bias", w.shape[0]))
-        return self.op("Add", [self.op("MatMul", [x, wt]), b])
+    def linear(self, x: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:
+        """x @ w.T + b, with w stored [out, in] as CTranslate2 does."""
+        return self.op("Add", [self.op("MatMul", [x, self.const(f"{tag}.W", w.T)]), self.const(f"{tag}.b", b)])
 
     def layer_norm(self, x: str, prefix: str, tag: str) -> str:
         g = self.const(f"{tag}.ln.g", self.weight(f"{prefix}/gamma"))
         b = self.const(f"{tag}.ln.b", self.weight(f"{prefix}/beta"))
         return self.op("LayerNormalization", [x, g, b], axis=-1, epsilon=EPS)
 
-    def heads(self, x: str, n_heads: int, d_head: int) -> str:
-        """[T, d] -> [H, T, dh]"""
-        shape = self.const(f"shape_heads_{self._n}", np.array([0, n_heads, d_head], np.int64))
-        return self.op("Transpose", [self.op("Reshape", [x, shape])], perm=[1, 0, 2])
-
-    def merge(self, x: str, d_model: int) -> str:
-        """[H, T, dh] -> [T, d]"""
-        shape = self.const(f"shape_merge_{self._n}", np.array([0, d_model], np.int64))
-        return self.op("Reshape", [self.op("Transpose", [x], perm=[1, 0, 2]), shape])
+    def shape(self, name: str, dims: list[int]) -> str:
+        return self.const(f"shape.{name}", np.array(dims, np.int64))
 
 
-def build(weights: ModelBin) -> tuple[onnx.ModelProto, dict]:
-    """The decoder graph and its dimensions (`layers`, `heads`, `d_model`, `vocab`)."""
+def build(weights: ModelBin) -> DecoderGraph:
+    """The decoder graph, its weights and dimensions (`layers`, `heads`, `d_model`, `vocab`, `max_positions`)."""
     if "Whisper" not in weights.spec:
         raise ModelError(f"model.bin holds a {weights.spec}, not a Whisper model")
     b = _Builder(weights)
-    emb = b.weight("decoder/embeddings/weight")
-    vocab, d_model = emb.shape
-    pos = b.weight("decoder/position_encodings/encodings")
+    if not weights.has("decoder/embeddings/weight"):
+        raise ModelError("model.bin has no variable decoder/embeddings/weight: not a CTranslate2 Whisper model")
+    vocab, d_model = weights.get("decoder/embeddings/weight").shape
+    n_pos = b.weight("decoder/position_encodings/encodings").shape[0]
     n_heads = int(np.asarray(weights.get("decoder/num_heads")).reshape(-1)[0]) if weights.has("decoder/num_heads") \
         else max(1, d_model // 64)
     n_layers = 0
@@ -103,70 +183,111 @@ def build(weights: ModelBin) -> tuple[onnx.ModelProto, dict]:
         raise ModelError("model.bin has no decoder layers")
     d_head = d_model // n_heads
     scale = np.float32(1.0 / math.sqrt(d_head))
+    fold = math.frexp(float(scale))[0] == 0.5  # a power of two: folding into the weights is exact
+    scale_c = None if fold else b.const("c.scale", np.array(scale, np.float32))
 
-    tokens = "tokens"  # [T] int64
-    enc = "encoder_output"  # [F, d] float32
-    rows, targets = "logit_rows", "targets"  # [R] int64
-    emb_c = b.const("decoder.embed.W", emb)
-    pos_c = b.const("decoder.pos.W", pos)
-    zero = b.const("c.zero", np.array([0], np.int64))
+    x = "embeddings"  # [T, d] token + position embeddings
+    enc = "encoder_output"  # [F, d]
+    keep, logit_index, targets = "keep_rows", "logit_index", "targets"
     one = b.const("c.one", np.array([1], np.int64))
-    t_len = b.op("Shape", [tokens])  # [1] = T
-    x = b.op("Add", [b.op("Gather", [emb_c, tokens], axis=0), b.op("Slice", [pos_c, zero, t_len, zero])])
-    causal = np.triu(np.full((pos.shape[0], pos.shape[0]), -1e9, np.float32), k=1)
+    t_len = b.op("Shape", [x], start=0, end=1)  # [1] = T
+    causal = np.triu(np.full((n_pos, n_pos), -1e9, np.float32), k=1)
     mask_full = b.const("c.causal", causal)
-    starts2 = b.const("c.zero2", np.array([0, 0], np.int64))
-    axes2 = b.const("c.axes01", np.array([0, 1], np.int64))
-    ends2 = b.op("Concat", [t_len, t_len], axis=0)
-    mask = b.op("Slice", [mask_full, starts2, ends2, axes2])
-    scale_c = b.const("c.scale", np.array(scale, np.float32))
-    split3 = b.const("c.split3", np.array([d_model] * 3, np.int64))
-    split2 = b.const("c.split2", np.array([d_model] * 2, np.int64))
+    zero2 = b.const("c.zero2", np.array([0, 0], np.int64))
+    axes01 = b.const("c.axes01", np.array([0, 1], np.int64))
+    mask = b.op("Slice", [mask_full, zero2, b.op("Concat", [t_len, t_len], axis=0), axes01])  # [T, T]
+    zero1 = b.const("c.zero1", np.array([0], np.int64))
+    mask_keep = b.op("Gather", [b.op("Slice", [mask_full, zero1, t_len, one]), keep], axis=0)  # [K, T]
+    enc_t = b.op("Transpose", [enc], perm=[1, 0])  # [d, F], shared by every layer's K/V projection
+    heads_first = b.shape("heads_first", [0, n_heads, d_head])
+    merge = b.shape("merge", [0, d_model])
+    by_head = b.shape("by_head", [n_heads, d_head, N_FRAMES])
+
+    def to_heads(t: str) -> str:  # [T, d] -> [H, T, dh]
+        return b.op("Transpose", [b.op("Reshape", [t, heads_first])], perm=[1, 0, 2])
+
+    def to_heads_t(t: str) -> str:  # [T, d] -> [H, dh, T]
+        return b.op("Transpose", [b.op("Reshape", [t, heads_first])], perm=[1, 2, 0])
+
+    def merge_heads(t: str) -> str:  # [H, T, dh] -> [T, d]
+        return b.op("Reshape", [b.op("Transpose", [t], perm=[1, 0, 2]), merge])
 
     outputs = []
     for layer in range(n_layers):
         p = f"decoder/layer_{layer}"
         tag = f"decoder.layers.{layer}"
-        # self-attention (causal)
+        last = layer == n_layers - 1
+        # self-attention (causal); on the last layer only the kept rows ask queries
         h = b.layer_norm(x, f"{p}/self_attention/layer_norm", f"{tag}.self_attn")
-        qkv = b.linear(h, f"{p}/self_attention/linear_0", f"{tag}.self_attn.qkv")
-        q = b.op("Split", [qkv, split3], axis=-1)
-        q, k, v = q, q + "_k", q + "_v"
-        b.nodes[-1].output[:] = [q, k, v]
-        qh, kh, vh = (b.heads(t, n_heads, d_head) for t in (q, k, v))
-        scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [qh, b.op("Transpose", [kh], perm=[0, 2, 1])]),
-                                           scale_c]), mask])
-        attn = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), vh])
-        x = b.op("Add", [x, b.linear(b.merge(attn, d_model), f"{p}/self_attention/linear_1", f"{tag}.self_attn.o")])
-        # cross-attention over the encoder output
+        w_qkv = b.weight(f"{p}/self_attention/linear_0/weight")
+        b_qkv = b.bias(f"{p}/self_attention/linear_0/bias", w_qkv.shape[0])
+        w_q, w_kv = w_qkv[:d_model], w_qkv[d_model:]
+        b_q, b_kv = b_qkv[:d_model], b_qkv[d_model:]
+        if fold:
+            w_q, b_q = w_q * scale, b_q * scale
+        kv = b.linear(h, w_kv, b_kv, f"{tag}.self_attn.kv")
+        b.op("Split", [kv, b.const(f"{tag}.split2", np.array([d_model, d_model], np.int64))], f"{tag}.self_kv",
+             n_out=2, axis=-1)
+        k, v = f"{tag}.self_kv_0", f"{tag}.self_kv_1"
+        if last:
+            h = b.op("Gather", [h, keep], axis=0)
+            x = b.op("Gather", [x, keep], axis=0)
+        q = b.linear(h, w_q, b_q, f"{tag}.self_attn.q")
+        scores = b.op("MatMul", [to_heads(q), to_heads_t(k)])
+        if not fold:
+            scores = b.op("Mul", [scores, scale_c])
+        scores = b.op("Add", [scores, mask_keep if last else mask])
+        attn = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), to_heads(v)])
+        w_o = b.weight(f"{p}/self_attention/linear_1/weight")
+        x = b.op("Add", [x, b.linear(merge_heads(attn), w_o, b.bias(f"{p}/self_attention/linear_1/bias",
+                                                                  d_model), f"{tag}.self_attn.o")])
+        # cross-attention over the encoder output; K and V come out as [H, dh, F]
         h = b.layer_norm(x, f"{p}/attention/layer_norm", f"{tag}.cross_attn")
-        q = b.linear(h, f"{p}/attention/linear_0", f"{tag}.cross_attn.q")
-        kv = b.linear(enc, f"{p}/attention/linear_1", f"{tag}.cross_attn.kv")
-        k = b.op("Split", [kv, split2], axis=-1)
-        k, v = k, k + "_v"
-        b.nodes[-1].output[:] = [k, v]
-        qh, kh, vh = b.heads(q, n_heads, d_head), b.heads(k, n_heads, d_head), b.heads(v, n_heads, d_head)
-        scores = b.op("Mul", [b.op("MatMul", [qh, b.op("Transpose", [kh], perm=[0, 2, 1])]), scale_c])
-        pattern = b.op("Softmax", [scores], name=pattern_name(layer), axis=-1)
-        cross = b.linear(b.merge(b.op("MatMul", [pattern, vh]), d_model), f"{p}/attention/linear_2",
-                         f"{tag}.cross_attn.o")
-        cross = b.op("Identity", [cross], name=out_name(layer))
+        w_cq = b.weight(f"{p}/attention/linear_0/weight")
+        b_cq = b.bias(f"{p}/attention/linear_0/bias", d_model)
+        if fold:
+            w_cq, b_cq = w_cq * scale, b_cq * scale
+        q = b.linear(h, w_cq, b_cq, f"{tag}.cross_attn.q")
+        w_ckv = b.weight(f"{p}/attention/linear_1/weight")
+        b_ckv = b.bias(f"{p}/attention/linear_1/bias", 2 * d_model)
+        k_t = b.op("MatMul", [b.const(f"{tag}.cross_attn.k.W", w_ckv[:d_model]), enc_t])  # [d, F]
+        if np.any(b_ckv[:d_model]):
+            k_t = b.op("Add", [k_t, b.const(f"{tag}.cross_attn.k.b", b_ckv[:d_model, None])])
+        v_t = b.op("MatMul", [b.const(f"{tag}.cross_attn.v.W", w_ckv[d_model:]), enc_t])
+        if np.any(b_ckv[d_model:]):
+            v_t = b.op("Add", [v_t, b.const(f"{tag}.cross_attn.v.b", b_ckv[d_model:, None])])
+        scores = b.op("MatMul", [to_heads(q), b.op("Reshape", [k_t, by_head])])  # [H, T, F]
+        if not fold:
+            scores = b.op("Mul", [scores, scale_c])
+        pattern = b.op("Softmax", [scores], axis=-1)
+        v_h = b.op("Transpose", [b.op("Reshape", [v_t, by_head])], perm=[0, 2, 1])  # fused into the matmul
+        w_co = b.weight(f"{p}/attention/linear_2/weight")
+        cross = b.linear(merge_heads(b.op("MatMul", [pattern, v_h])), w_co,
+                         b.bias(f"{p}/attention/linear_2/bias", d_model), f"{tag}.cross_attn.o")
+        if last:
+            b.op("Identity", [pattern], name=pattern_name(layer))
+            b.op("Identity", [cross], name=out_name(layer))
+        else:
+            b.op("Gather", [pattern, keep], name=pattern_name(layer), axis=1)
+            b.op("Gather", [cross, keep], name=out_name(layer), axis=0)
         x = b.op("Add", [x, cross])
-        outputs += [(pattern_name(layer), [n_heads, None, None]), (out_name(layer), [None, d_model])]
+        outputs += [(pattern_name(layer), [n_heads, "K", N_FRAMES]), (out_name(layer), ["K", d_model])]
         # feed-forward with exact GELU
         h = b.layer_norm(x, f"{p}/ffn/layer_norm", f"{tag}.ffn")
-        u = b.linear(h, f"{p}/ffn/linear_0", f"{tag}.ffn.in")
+        w_in = b.weight(f"{p}/ffn/linear_0/weight")
+        u = b.linear(h, w_in, b.bias(f"{p}/ffn/linear_0/bias", w_in.shape[0]), f"{tag}.ffn.in")
         gelu = b.op("Mul", [b.op("Mul", [u, b.const(f"{tag}.half", np.array(0.5, np.float32))]),
                             b.op("Add", [b.op("Erf", [b.op("Mul", [u, b.const(f"{tag}.isqrt2", np.array(
                                 1 / math.sqrt(2), np.float32))])]), b.const(f"{tag}.one", np.array(1.0, np.float32))])])
-        x = b.op("Add", [x, b.linear(gelu, f"{p}/ffn/linear_1", f"{tag}.ffn.out")])
+        w_out = b.weight(f"{p}/ffn/linear_1/weight")
+        x = b.op("Add", [x, b.linear(gelu, w_out, b.bias(f"{p}/ffn/linear_1/bias", d_model), f"{tag}.ffn.out")])
 
     x = b.layer_norm(x, "decoder/layer_norm", "decoder.final")
-    picked = b.op("Gather", [x, rows], axis=0)  # [R, d]
-    proj = b.const("decoder.unembed.W", emb.T.copy()) if not weights.has("decoder/projection/weight") or \
-        weights.aliases.get("decoder/projection/weight") == "decoder/embeddings/weight" else \
-        b.const("decoder.unembed.W", b.weight("decoder/projection/weight").T.copy())
-    logits = b.op("MatMul", [picked, proj])
+    picked = b.op("Gather", [x, logit_index], axis=0)  # [R, d]
+    tied = not weights.has("decoder/projection/weight") or \
+        weights.aliases.get("decoder/projection/weight") == "decoder/embeddings/weight"
+    proj = b.const("decoder.unembed.W", b.weight("decoder/embeddings/weight" if tied else "decoder/projection/weight"))
+    logits = b.op("Gemm", [picked, proj], transB=1)  # [R, V]
     if weights.has("decoder/projection/bias"):
         logits = b.op("Add", [logits, b.const("decoder.unembed.b", b.weight("decoder/projection/bias"))])
     logp = b.op("LogSoftmax", [logits], axis=-1)
@@ -178,16 +299,18 @@ def build(weights: ModelBin) -> tuple[onnx.ModelProto, dict]:
 
     graph = helper.make_graph(
         b.nodes, "whisper_decoder_probe",
-        inputs=[helper.make_tensor_value_info(tokens, TensorProto.INT64, ["T"]),
-                helper.make_tensor_value_info(enc, TensorProto.FLOAT, ["F", d_model]),
-                helper.make_tensor_value_info(rows, TensorProto.INT64, ["R"]),
+        inputs=[helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["T", d_model]),
+                helper.make_tensor_value_info(enc, TensorProto.FLOAT, [N_FRAMES, d_model]),
+                helper.make_tensor_value_info(keep, TensorProto.INT64, ["K"]),
+                helper.make_tensor_value_info(logit_index, TensorProto.INT64, ["R"]),
                 helper.make_tensor_value_info(targets, TensorProto.INT64, ["R"])],
         outputs=[helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs]
         + [helper.make_tensor_value_info(LOGIT_OUTPUTS[0], TensorProto.FLOAT, ["R"]),
            helper.make_tensor_value_info(LOGIT_OUTPUTS[1], TensorProto.INT64, ["R"]),
            helper.make_tensor_value_info(LOGIT_OUTPUTS[2], TensorProto.FLOAT, ["R"])],
-        initializer=b.inits)
+        initializer=b.small + [_external(k, v) for k, v in b.large.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="whisper-guard")
     model.ir_version = 8
-    dims = {"layers": n_layers, "heads": n_heads, "d_model": d_model, "vocab": vocab, "max_positions": pos.shape[0]}
-    return model, dims
+    dims = {"layers": n_layers, "heads": n_heads, "d_model": d_model, "vocab": vocab, "max_positions": n_pos,
+            "frames": N_FRAMES}
+    return DecoderGraph(model, b.large, dims, Embedding(weights))

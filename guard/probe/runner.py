@@ -3,41 +3,103 @@
 The result is an activation cache keyed by stable names (see `decoder_graph`), in the spirit of
 TransformerLens' `ActivationCache`: analysis code asks for `decoder.layers.2.cross_attn.pattern`,
 never for a tensor position.
+
+Outputs are bound (IO binding) straight into two preallocated arrays, patterns [L, H, K, F] and
+sublayer outputs [L, K, d]: the per-layer names are views into them, so nothing is stacked or
+copied after the run. On CUDA the inputs are copied to the device by ONNX Runtime and the outputs
+land in the same host arrays (the signature is computed on the host).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from guard.errors import ModelError
 from guard.probe import ct2_reader
-from guard.probe.decoder_graph import LOGIT_OUTPUTS, build, out_name, pattern_name
+from guard.probe.decoder_graph import LOGIT_OUTPUTS, Embedding, build, out_name, pattern_name
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ProbeCache:
-    """Named activations of one teacher-forced window pass."""
+    """Named activations of one teacher-forced window pass.
+
+    `tensors[pattern_name(l)]` is [H, K, F] and `tensors[out_name(l)]` is [K, d], where the K rows
+    are the token positions in `pattern_rows` (None: every position 0..K-1). `rows` are the
+    positions the `logits.*` statistics refer to.
+    """
 
     tensors: dict[str, np.ndarray]
     n_layers: int
-    rows: np.ndarray  # token positions the logits statistics refer to
+    rows: np.ndarray
+    pattern_rows: np.ndarray | None = None
+    stacked_patterns: np.ndarray | None = field(default=None, repr=False)  # [L, H, K, F]
+    stacked_outs: np.ndarray | None = field(default=None, repr=False)  # [L, K, d]
+    n_positions: int | None = None  # tokens fed (T)
+    _full: dict = field(default_factory=dict, repr=False)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.tensors[name]
 
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.stacked_patterns is None:
+            self.stacked_patterns = np.stack([self.tensors[pattern_name(l)] for l in range(self.n_layers)])
+        if self.stacked_outs is None:
+            self.stacked_outs = np.stack([self.tensors[out_name(l)] for l in range(self.n_layers)])
+        return self.stacked_patterns, self.stacked_outs
+
+    @property
+    def complete(self) -> bool:
+        """Every position was probed (row k is position k)."""
+        return self.pattern_rows is None
+
     def patterns(self) -> np.ndarray:
-        """[layers, heads, tokens, frames]"""
-        return np.stack([self.tensors[pattern_name(l)] for l in range(self.n_layers)])
+        """[layers, heads, positions, frames], indexed by token position (computed once, then cached).
+
+        After a pass restricted to `pattern_rows`, positions outside them are zeros; `select` reads
+        only the probed rows without building the full array.
+        """
+        patterns, _ = self._stacked()
+        return patterns if self.complete else self._scatter(patterns, axis=2)
 
     def outs(self) -> np.ndarray:
-        """[layers, tokens, d_model]"""
-        return np.stack([self.tensors[out_name(l)] for l in range(self.n_layers)])
+        """[layers, positions, d_model], indexed by token position (see `patterns`)."""
+        _, outs = self._stacked()
+        return outs if self.complete else self._scatter(outs, axis=1)
+
+    def select(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(patterns [L, H, n, F], outs [L, n, d]) at the given token positions."""
+        patterns, outs = self._stacked()
+        index = self.index_of(positions)
+        return patterns[:, :, index, :], outs[:, index, :]
+
+    def index_of(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.complete:
+            return positions
+        index = np.searchsorted(self.pattern_rows, positions)
+        index = np.minimum(index, len(self.pattern_rows) - 1)
+        if len(positions) and not np.array_equal(self.pattern_rows[index], positions):
+            raise ValueError("asked for positions the probe pass did not keep")
+        return index
+
+    def _scatter(self, stacked: np.ndarray, axis: int) -> np.ndarray:
+        full = self._full.get(axis)
+        if full is None:
+            shape = list(stacked.shape)
+            shape[axis] = self.n_positions or int(self.pattern_rows[-1]) + 1
+            full = np.zeros(shape, stacked.dtype)
+            index = [slice(None)] * stacked.ndim
+            index[axis] = self.pattern_rows
+            full[tuple(index)] = stacked
+            self._full[axis] = full
+        return full
 
 
 class Probe:
@@ -45,44 +107,105 @@ class Probe:
 
     def __init__(self, model_bin: str | Path, *, device: str = "cpu", threads: int = 0,
                  on_fallback: Callable[[str, str], None] | None = None):
-        weights = ct2_reader.read(model_bin)
-        graph, self.dims = build(weights)
-        del weights
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
+        graph = build(ct2_reader.read(model_bin))
+        self.dims = graph.dims
+        # a fresh mapping: only the embedding rows a window uses become resident, not the pages
+        # the build read
+        self.embedding = Embedding(ct2_reader.read(model_bin))
+        options = session_options(threads)
+        # ONNX Runtime reads the weights from these arrays (no proto copy, no serialised copy):
+        # arrays and values must live as long as the session.
+        self._arrays = graph.initializers
+        self._weights = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self._arrays.items()}
+        options.add_external_initializers(list(self._weights), list(self._weights.values()))
+        providers: list = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+                providers.insert(0, ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}))
             else:
                 log.warning("probe: onnxruntime has no CUDA provider (install onnxruntime-gpu); running on CPU")
                 if on_fallback:
                     on_fallback("onnxruntime", "cuda_unavailable")
-        self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
+        self.session = ort.InferenceSession(graph.model.SerializeToString(), options, providers=providers)
+        del graph
         self.providers = self.session.get_providers()
-        if providers[0] == "CUDAExecutionProvider" and self.providers[0] != providers[0] and on_fallback:
+        if providers[0] != "CPUExecutionProvider" and self.providers[0] != "CUDAExecutionProvider":
             log.warning("probe: the CUDA provider failed to start; running on CPU")
-            on_fallback("onnxruntime", "provider_error")
+            if on_fallback:
+                on_fallback("onnxruntime", "provider_error")
         self.n_layers = self.dims["layers"]
         self.names = [n for l in range(self.n_layers) for n in (pattern_name(l), out_name(l))] + list(LOGIT_OUTPUTS)
+        self.threads = threads
         self.runs = 0
 
     @property
     def on_gpu(self) -> bool:
         return self.providers[0] == "CUDAExecutionProvider"
 
+    def describe(self) -> dict:
+        """Provider and session settings, for logs and benchmark reports."""
+        return {"providers": self.providers, "intra_op_threads": self.threads or "default",
+                "graph_optimization": "ORT_ENABLE_ALL", "io_binding": True, "weights": "external initializers"}
+
     def run(self, tokens: list[int] | np.ndarray, encoder_output: np.ndarray, rows: np.ndarray,
-            targets: np.ndarray) -> ProbeCache:
+            targets: np.ndarray, pattern_rows: np.ndarray | None = None) -> ProbeCache:
         """Teacher-force `tokens` over one window's encoder output.
 
         `rows[i]` is an input position whose next-token distribution is scored against `targets[i]`.
+        `pattern_rows` (sorted positions) limits the attention patterns and sublayer outputs to
+        the rows that will be read; None keeps every position. The logit rows are always kept.
         """
-        feeds = {"tokens": np.asarray(tokens, dtype=np.int64),
+        tokens = np.asarray(tokens, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        targets = np.asarray(targets, dtype=np.int64)
+        n = len(tokens)
+        if n == 0:
+            raise ModelError("the probe needs at least one token")
+        if len(rows) != len(targets) or (len(rows) and (rows.min() < 0 or rows.max() >= n)):
+            raise ModelError("logit rows must be positions of the fed tokens, one target each")
+        if pattern_rows is None:
+            keep = np.arange(n, dtype=np.int64)
+        else:
+            keep = np.union1d(np.asarray(pattern_rows, dtype=np.int64), rows)
+            if len(keep) and (keep[0] < 0 or keep[-1] >= n):
+                raise ModelError("pattern rows must be positions of the fed tokens")
+        logit_index = np.searchsorted(keep, rows)
+        L, H, F, d = self.n_layers, self.dims["heads"], self.dims["frames"], self.dims["d_model"]
+        K, R = len(keep), len(rows)
+        patterns = np.empty((L, H, K, F), np.float32)
+        outs = np.empty((L, K, d), np.float32)
+        stats = {LOGIT_OUTPUTS[0]: np.empty(R, np.float32), LOGIT_OUTPUTS[1]: np.empty(R, np.int64),
+                 LOGIT_OUTPUTS[2]: np.empty(R, np.float32)}
+        io = self.session.io_binding()
+        feeds = {"embeddings": self.embedding(tokens),
                  "encoder_output": np.ascontiguousarray(encoder_output, dtype=np.float32),
-                 "logit_rows": np.asarray(rows, dtype=np.int64), "targets": np.asarray(targets, dtype=np.int64)}
-        values = self.session.run(self.names, feeds)
+                 "keep_rows": keep, "logit_index": logit_index.astype(np.int64), "targets": targets}
+        if feeds["encoder_output"].shape != (F, d):
+            raise ModelError(f"encoder output must be [{F}, {d}], got {list(feeds['encoder_output'].shape)}")
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)
+        tensors: dict[str, np.ndarray] = {}
+        for l in range(L):
+            tensors[pattern_name(l)], tensors[out_name(l)] = patterns[l], outs[l]
+        tensors.update(stats)
+        for name, value in tensors.items():
+            io.bind_output(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)
+        self.session.run_with_iobinding(io)
         self.runs += 1
-        return ProbeCache(dict(zip(self.names, values)), self.n_layers, feeds["logit_rows"])
+        return ProbeCache(tensors, L, rows, None if pattern_rows is None else keep, patterns, outs, n)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Full graph optimisation, sequential execution; threads as configured (0 = one per core).
+
+    Intra-op threads do not spin while waiting: the probe shares the cores with CTranslate2 and
+    with concurrent requests, and a spinning pool measurably slowed both on a busy 2-core host.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
