@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
@@ -34,15 +35,20 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr, ValidationError
 
 from guard.config import Settings
-from guard.errors import Cancelled
-from guard.grpc_gen import guard_pb2_grpc
-from guard.service import SERVICE_NAME, GuardService
+from guard.errors import Cancelled, GuardError
+from guard.service import SERVICE_NAME, GuardService, add_to_server
 
 log = logging.getLogger(__name__)
 
 EXTRA_WORKERS = 4  # threads beyond the admission places: health, reflection, fast rejections
 HEALTH_EXEMPT = "/grpc.health.v1.Health/"  # probes (kubelet) cannot send tokens
 HARD_STOP_WAIT_S = 10.0  # after the grace period: how long cancelled calls get to unwind
+# HTTP/2 keepalive from the server: a peer that stops answering pings (host gone, network cut,
+# frozen process) is dropped after KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS and its calls are
+# cancelled, so a dead client's stream cannot hold an admission place for hours (gRPC's default
+# is a first ping after 2 h, and no more than 2 pings while no data flows).
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 class ServeError(Exception):
@@ -163,11 +169,12 @@ class Ticket:
 class BearerAuth(grpc.ServerInterceptor):
     """Every call but health must carry `authorization: Bearer <token>` with an accepted token.
 
-    Tokens are compared in constant time (each against every accepted one) and never logged.
+    Tokens are compared in constant time (each against every accepted one) and never logged. Both
+    sides are SHA-256 digests, so the comparison does not even reveal an accepted token's length.
     """
 
     def __init__(self, tokens: list[str], metrics=None):
-        self._tokens = [t.encode() for t in tokens if t]
+        self._tokens = [hashlib.sha256(t.encode()).digest() for t in tokens if t]
         self._metrics = metrics
 
     def intercept_service(self, continuation, handler_call_details):
@@ -188,7 +195,7 @@ class BearerAuth(grpc.ServerInterceptor):
         scheme, _, token = str(values[0]).strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return "malformed `authorization` metadata: expected `Bearer <token>`"
-        given, ok = token.strip().encode(), False
+        given, ok = hashlib.sha256(token.strip().encode()).digest(), False
         for accepted in self._tokens:
             ok |= hmac.compare_digest(given, accepted)
         return None if ok else "the bearer token is not accepted by this server"
@@ -260,9 +267,13 @@ class GuardServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # what bounds the wait in grpc 1.85
             ],
         )
-        guard_pb2_grpc.add_GuardServicer_to_server(self.service, self._server)
+        add_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -312,7 +323,10 @@ class GuardServer:
             guard = self._load_guard(self.settings)
         except Exception as e:  # noqa: BLE001 - reported on health, in the log and to callers
             self.service.load_error = f"{type(e).__name__}: {e}"
-            log.error("model failed to load; health stays NOT_SERVING", exc_info=True)
+            # a GuardError (missing package, checksum mismatch, bad calibration) says what to do in
+            # one line; anything else is a bug and gets its traceback
+            log.error("cannot serve: the model failed to load: %s", e if isinstance(e, GuardError)
+                      else self.service.load_error, exc_info=not isinstance(e, GuardError))
             self.loaded.set()
             return
         log.info("model loaded in %.1f s", time.monotonic() - t0)
@@ -453,6 +467,7 @@ def serve(settings: Settings) -> int:
             log.info("metrics at %s", metrics_server.url)
         while not stop.wait(0.25):
             if server.loaded.is_set() and server.service.load_error:
+                log.error("exiting with status 1 (health was NOT_SERVING): fix the model setup and restart")
                 server.stop(0)
                 return 1
         server.drain()

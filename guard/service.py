@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import av
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from pydantic import ValidationError
 
 from guard import audio
@@ -62,6 +63,60 @@ class Overloaded(GuardError):
     """Every inference slot and queue place is taken."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class MalformedMessage(GuardError):
+    """Request bytes that do not parse as the method's message (invalid UTF-8 in a string, cut short...)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+# ---- request bytes -> messages ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Malformed:
+    """Stands in for a request message whose bytes did not parse; the servicer refuses it."""
+
+    type_name: str
+    size: int
+
+    def error(self) -> MalformedMessage:
+        return MalformedMessage(
+            f"the request is not a valid {self.type_name} ({self.size} bytes that do not parse: invalid UTF-8 in "
+            "a string field, a truncated message or wrong field types); build it from whisperguard/v1/guard.proto")
+
+
+def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A request deserializer that never raises: gRPC's own answer to a failing one is a bare
+    INTERNAL without request id or metric, which is wrong for what is the client's bad input."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except Exception:  # noqa: BLE001 - DecodeError and whatever else the parser raises on bad bytes
+            return Malformed(name, len(data))
+
+    return parse
+
+
+def add_to_server(servicer: GuardService, server: grpc.Server) -> None:
+    """`guard_pb2_grpc.add_GuardServicer_to_server`, with deserializers that hand bad bytes to the
+    servicer as `Malformed` (INVALID_ARGUMENT, with request id) instead of failing inside gRPC."""
+    handlers = {
+        "Transcribe": grpc.unary_unary_rpc_method_handler(
+            servicer.Transcribe, request_deserializer=_parser(pb.TranscribeRequest),
+            response_serializer=pb.TranscribeResponse.SerializeToString),
+        "StreamTranscribe": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamTranscribe, request_deserializer=_parser(pb.AudioChunk),
+            response_serializer=pb.SegmentEvent.SerializeToString),
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            servicer.Verify, request_deserializer=_parser(pb.VerifyRequest),
+            response_serializer=pb.VerifyResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 # ---- messages <-> pipeline types ---------------------------------------------------------------
@@ -262,6 +317,8 @@ class ChunkReader:
                 continue
             if isinstance(item, Exception):
                 raise Cancelled(f"the audio stream broke off ({type(item).__name__})")
+            if isinstance(item, Malformed):
+                raise item.error()
             return item
 
     def get_ready(self) -> list:
@@ -274,6 +331,8 @@ class ChunkReader:
                 return items
             if isinstance(item, Exception):
                 raise Cancelled(f"the audio stream broke off ({type(item).__name__})")
+            if isinstance(item, Malformed):
+                raise item.error()
             items.append(item)
             if item is self.END:
                 return items
@@ -336,6 +395,8 @@ class GuardService(guard_pb2_grpc.GuardServicer):
         call = self._begin(method, context)
         code, message, result, response = "OK", "", None, None
         try:
+            if isinstance(request, Malformed):
+                raise request.error()
             ticket = self._admit(call)
             try:
                 result, response = work(call, ticket, request)
