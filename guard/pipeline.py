@@ -93,6 +93,12 @@ class Guard:
                       on_fallback=self._on_fallback)
         try:
             calibration = scoring.load(resolved.name, self.settings.calibration)
+            if not all(0.0 <= calibration.thresholds.get(k, -1.0) <= 1.0 for k in ("flag", "suppress")):
+                raise ValueError(f"thresholds must hold flag and suppress in [0, 1]; got {calibration.thresholds}")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON, but not a calibration
+            source = self.settings.calibration or f"the shipped calibration of {resolved.name}"
+            raise ModelError(f"calibration {str(source)!r} is not a file written by `whisper-guard calibrate` "
+                             f"({type(e).__name__}: {e}); refit it or unset WHISPER_GUARD_CALIBRATION") from None
         except ModelError:
             if self.require_calibration:
                 raise
