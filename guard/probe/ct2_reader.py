@@ -8,6 +8,7 @@ weights (i8, i16) come with a per-row `<name>_scale` and dequantize as weight / 
 """
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class ModelBin:
             if scale_name not in self.variables:
                 raise ModelError(f"quantized variable {key} has no {scale_name}")
             scale = self.float32(scale_name)
+            if scale.size != 1 and (value.ndim == 0 or scale.size != value.shape[0]):
+                raise ModelError(f"quantized variable {key} has {scale.size} scales for shape {list(value.shape)}")
             scale = scale.reshape(-1, *([1] * (value.ndim - 1))) if scale.ndim else scale
             return value.astype(np.float32) / scale
         return value.astype(np.float32)
@@ -106,11 +109,14 @@ def parse(buf, name: str = "model.bin") -> ModelBin:
             raise ModelError(f"{name}: variable {var} has unknown dtype {dtype}")
         nbytes = c.u32()
         np_dtype = np.dtype(_DTYPES[dtype])
-        expected = int(np.prod(dims, dtype=np.int64)) * np_dtype.itemsize
+        expected = math.prod(dims) * np_dtype.itemsize  # Python ints: no int64 overflow to 0
         if nbytes != expected:
             raise ModelError(f"{name}: variable {var} declares {nbytes} bytes, shape {dims} needs {expected}")
         data = c.take(nbytes)
-        variables[var] = np.frombuffer(data, dtype=np_dtype).reshape(dims)
+        try:
+            variables[var] = np.frombuffer(data, dtype=np_dtype).reshape(dims)
+        except ValueError:  # e.g. a zero dim next to dims whose product numpy cannot index
+            raise ModelError(f"{name}: variable {var} has an impossible shape {dims}") from None
         dtypes[var] = dtype
     aliases = {}
     if c.pos < len(buf):
