@@ -287,10 +287,14 @@ def test_kept_rows_give_the_same_values_as_a_full_pass(probes, long_windows):
         got.select(np.setdiff1d(np.arange(len(seq)), kept)[:1])
 
 
-def test_probe_rejects_bad_rows(probes, long_windows):
-    fast, _ = probes
+def test_probe_edge_cases(probes, long_windows):
+    fast, ref = probes
     window = long_windows[0]
     seq, rows, targets = _feeds(window)
+    none = np.zeros(0, np.int64)  # a window that emitted nothing: no logit rows
+    got, want = fast.run(seq[:2], window.encoder_output, none, none), ref.run(seq[:2], window.encoder_output, none, none)
+    assert got[LOGIT_OUTPUTS[0]].shape == (0,) and len(got.rows) == 0
+    np.testing.assert_allclose(got.patterns(), want.patterns(), rtol=0, atol=PATTERN_ATOL)
     with pytest.raises(ModelError):
         fast.run(seq, window.encoder_output, rows + len(seq), targets)
     with pytest.raises(ModelError):

@@ -163,11 +163,14 @@ class Probe:
             raise ModelError("the probe needs at least one token")
         if len(rows) != len(targets) or (len(rows) and (rows.min() < 0 or rows.max() >= n)):
             raise ModelError("logit rows must be positions of the fed tokens, one target each")
+        asked = len(rows)
+        if asked == 0:  # ONNX Runtime mis-shapes ArgMax over zero rows: score row 0, return nothing
+            rows, targets = np.zeros(1, np.int64), np.zeros(1, np.int64)
         if pattern_rows is None:
             keep = np.arange(n, dtype=np.int64)
         else:
             keep = np.union1d(np.asarray(pattern_rows, dtype=np.int64), rows)
-            if len(keep) and (keep[0] < 0 or keep[-1] >= n):
+            if keep[0] < 0 or keep[-1] >= n:
                 raise ModelError("pattern rows must be positions of the fed tokens")
         logit_index = np.searchsorted(keep, rows)
         L, H, F, d = self.n_layers, self.dims["heads"], self.dims["frames"], self.dims["d_model"]
@@ -192,6 +195,10 @@ class Probe:
             io.bind_output(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)
         self.session.run_with_iobinding(io)
         self.runs += 1
+        if asked == 0:
+            rows = rows[:0]
+            for name in LOGIT_OUTPUTS:
+                tensors[name] = tensors[name][:0]
         return ProbeCache(tensors, L, rows, None if pattern_rows is None else keep, patterns, outs, n)
 
 

@@ -1,0 +1,525 @@
+"""Overhead benchmark: the guard beside plain faster-whisper, on the same clips, in one run.
+
+    python benchmarks/overhead.py --model tiny.en --model base [--repeats 3] [--device cpu]
+
+For every model, three variants run on the same clips (5 s speech prompts, ~30 s mixtures and a
+few minutes of mixtures and speech concatenated), interleaved clip by clip in a rotating order
+(a b c, b c a, c a b, ...) so that a noisy, shared machine slows all of them alike:
+
+  (a) plain    `WhisperModel.transcribe` with the guard's own decoding settings (see `decode_kwargs`)
+  (b) hst      the same plus faster-whisper's `hallucination_silence_threshold` (word timestamps on)
+  (c) guard    `Guard.transcribe`: transcribe + probe + signature + score + policy
+  (d) proposed (with --proposed) the guard with the changes recommended for guard/pipeline.py,
+               prototyped here (`ProposedGuard`, benchmark code, not the product): numpy's BLAS on
+               one thread during the call, the probe restricted to the rows the signature reads,
+               and VAD + analysis of window k on a worker thread while CTranslate2 decodes k+1
+
+Reported: per clip and per length class the median wall time over repeats, the ratios (b)/(a)
+and (c)/(a) (the median over repeats of the per-repeat ratio of summed times: each repeat is a
+paired measurement), the guard's per-stage split, the real-time factor, and the peak RSS of
+each variant measured alone in a fresh subprocess. Writes
+benchmarks/results/perf-<model>-<device>.{json,md,png}.
+
+The baseline uses `no_speech_threshold=None`: the guard never skips a window (it scores what
+faster-whisper wrote there instead), so a baseline that skips would do less work than is being
+guarded. Both use `language="en"` so that neither pays a language-detection pass.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from guard.audio import decode_file  # noqa: E402
+from guard.config import Settings  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+BENCH = Path(os.environ.get("WHISPER_GUARD_BENCH", ROOT.parent / "shared" / "bench"))
+SR = 16000
+VARIANTS = ("plain", "hst", "guard")
+PROPOSED = "proposed"
+HST_SECONDS = 2.0  # hallucination_silence_threshold used for (b)
+STAGES = ("transcribe", "probe", "signature", "score")
+
+
+# ---------------------------------------------------------------- clips
+@dataclass
+class Clip:
+    name: str
+    cls: str  # "5s", "30s", "long"
+    audio: np.ndarray
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SR
+
+
+def _manifest(bench: Path) -> list[dict]:
+    return [json.loads(line) for line in (bench / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def pick_clips(bench: Path, n_short: int, n_30: int, long_seconds: list[float]) -> list[Clip]:
+    """Deterministic picks by duration: English speech prompts near 5 s, mixtures near 30 s, and
+    long clips made by concatenating mixtures and dialogue/read speech until the target length."""
+    rows = sorted(_manifest(bench), key=lambda r: r["id"])
+    english = [r for r in rows if r.get("lang") in ("en", None, "")]
+
+    def load(r: dict) -> np.ndarray:
+        return decode_file(bench / r["audio"], max_seconds=600)
+
+    short = [r for r in english if r["kind"] == "speech" and 4.5 <= r["duration"] <= 6.0]
+    thirty = [r for r in english if r["kind"] == "mixture" and 27.0 <= r["duration"] <= 33.0]
+    pool = [r for r in english if (r["kind"] == "mixture" and 20 <= r["duration"] <= 70)
+            or (r["kind"] == "speech" and r["duration"] >= 15)]
+    clips = [Clip(r["id"], "5s", load(r), [r["id"]]) for r in _spread(short, n_short)]
+    clips += [Clip(r["id"], "30s", load(r), [r["id"]]) for r in _spread(thirty, n_30)]
+    order = _spread(pool, len(pool))
+    start = 0
+    for target in long_seconds:
+        parts, total, used = [], 0.0, []
+        while total < target:
+            r = order[start % len(order)]
+            start += 1
+            parts.append(load(r))
+            used.append(r["id"])
+            total += len(parts[-1]) / SR
+        audio = np.concatenate(parts)[: int(target * SR)]
+        clips.append(Clip(f"concat-{int(target)}s", "long", audio.astype(np.float32), used))
+    return clips
+
+
+def _spread(rows: list[dict], n: int) -> list[dict]:
+    """n rows spread evenly over a sorted list (deterministic, not the first n of one source)."""
+    if n >= len(rows):
+        return list(rows)
+    idx = np.linspace(0, len(rows) - 1, n).round().astype(int)
+    return [rows[i] for i in idx]
+
+
+# ---------------------------------------------------------------- variants
+def decode_kwargs(settings: Settings) -> dict:
+    """faster-whisper arguments equal to `guard.asr.Transcriber.options()` (greedy ladder, same thresholds)."""
+    return dict(language="en", beam_size=settings.beam_size, best_of=5, patience=1, length_penalty=1,
+                repetition_penalty=1, no_repeat_ngram_size=0, temperature=list(settings.temperatures),
+                compression_ratio_threshold=2.4, log_prob_threshold=-1.0, no_speech_threshold=None,
+                condition_on_previous_text=settings.condition_on_previous_text, prompt_reset_on_temperature=0.5,
+                suppress_blank=True, suppress_tokens=[-1], without_timestamps=False, max_initial_timestamp=1.0,
+                vad_filter=False)
+
+
+def proposed_guard_class():
+    """A Guard subclass with the pipeline changes recommended to guard/pipeline.py (prototype)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from guard.asr import WINDOW_SAMPLES
+    from guard.pipeline import Guard, locate
+    from guard.results import GuardResult
+    from guard.signature import WindowContext
+
+    class ProposedGuard(Guard):
+        def __init__(self, settings, **kw):
+            super().__init__(settings, **kw)
+            self.pool = ThreadPoolExecutor(2, thread_name_prefix="proposed")
+            self._vad = self.vad.evidence
+            self._prefetched: dict = {}
+            self.vad.evidence = self._evidence
+
+        def _evidence(self, audio, total_frames=1500, enabled=True):
+            future = self._prefetched.pop((audio.__array_interface__["data"][0], len(audio)), None)
+            return future.result() if future is not None else self._vad(audio, total_frames, enabled)
+
+        def _probe(self, bundle, window, extra_rows, timings):
+            """As Guard._probe, plus pattern_rows = the rows `_score_segments` reads."""
+            t0 = time.perf_counter()
+            seq = window.prompt + window.tokens
+            rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
+            targets = np.asarray(window.tokens, dtype=np.int64)
+            eot = bundle.transcriber.tokenizer(window.language).eot
+            tokens = np.asarray(window.tokens)
+            read = []
+            for lo, hi in locate(window):
+                pos = np.arange(lo, hi)
+                text = pos[tokens[lo:hi] < eot]
+                read.append(text if len(text) else pos)
+            keep = len(window.prompt) - 1 + np.concatenate(read) if read else rows[:1]
+            seq = seq[:int(rows.max()) + 1] if len(rows) else seq[:1]
+            cache = bundle.probe.run(seq, window.encoder_output, rows, targets, pattern_rows=np.unique(keep))
+            timings["probe"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            lp, ent = np.full(len(seq), np.nan), np.full(len(seq), np.nan)
+            ok = np.zeros(len(seq), dtype=bool)
+            lp[rows], ent[rows] = cache["logits.target_logprob"], cache["logits.entropy"]
+            ok[rows] = cache["logits.argmax"] == targets
+            evidence = self.vad.evidence(window.audio, enabled=self.settings.vad)
+            ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok)
+            timings["signature"] += time.perf_counter() - t0
+            return ctx, cache["logits.target_logprob"][len(window.tokens):]
+
+        def transcribe(self, audio, options, cancel=None):
+            with threadpool_limits(1, user_api="blas"):
+                s = self.open_stream(options)
+                s.push(audio)
+                audio = s.chunks[0]
+                gen = s.bundle.transcriber.windows(audio, s.state, s.asr_options, s.options.language, final=True)
+                futures = []
+                while True:
+                    start = s.state.seek * 160
+                    if start < len(audio):
+                        part = audio[start:start + WINDOW_SAMPLES]
+                        self._prefetched[(part.__array_interface__["data"][0], len(part))] = self.pool.submit(
+                            self._vad, part, 1500, self.settings.vad)
+                    t0 = time.perf_counter()
+                    try:
+                        window = next(gen)
+                    except StopIteration:
+                        break
+                    finally:
+                        s.timings["transcribe"] += time.perf_counter() - t0
+                    futures.append(self.pool.submit(self.analyse_window, s.bundle, window, s.policy, False,
+                                                    s.timings))
+                segments = [seg for f in futures for seg in f.result()]
+                self._prefetched.clear()
+            return GuardResult(segments, s.bundle.name, s.state.language or "en", len(audio) / SR, s.policy.mode,
+                               dict(s.timings))
+
+    return ProposedGuard
+
+
+class Runner:
+    """The three variants for one model, loaded once."""
+
+    def __init__(self, model: str, device: str, with_guard: bool = True, with_plain: bool = True,
+                 with_proposed: bool = False):
+        from guard.models import resolve
+
+        self.settings = Settings(model=model, device=device, max_concurrent=1)
+        self.device = self.settings.resolved_device()
+        self.compute_type = self.settings.resolved_compute_type(self.device)
+        self.resolved = resolve(model, cache=self.settings.model_cache)
+        self.kwargs = decode_kwargs(self.settings)
+        self.whisper = self.guard = None
+        if with_plain:
+            from faster_whisper import WhisperModel
+
+            self.whisper = WhisperModel(str(self.resolved.path), device=self.device, compute_type=self.compute_type)
+        if with_guard:
+            from guard.pipeline import Guard
+
+            self.guard = Guard(self.settings, require_calibration=False)  # base ships no calibration yet
+            self.bundle = self.guard.bundle(None)
+            self.neutral_calibration = bool(self.bundle.calibration.meta.get("neutral"))
+            self._wrap_vad()
+        self.proposed = proposed_guard_class()(self.settings, require_calibration=False) if with_proposed else None
+        self.vad_seconds = 0.0
+
+    def _wrap_vad(self) -> None:
+        """Time Silero VAD inside the signature stage (it is counted there by the pipeline)."""
+        inner = self.guard.vad.evidence
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.vad_seconds += time.perf_counter() - t0
+
+        self.guard.vad.evidence = timed
+
+    def run(self, variant: str, audio: np.ndarray) -> dict:
+        if variant in ("guard", PROPOSED):
+            from guard.results import RequestOptions
+
+            self.vad_seconds = 0.0
+            t0 = time.perf_counter()
+            result = (self.guard if variant == "guard" else self.proposed).transcribe(audio, RequestOptions(language="en"))
+            wall = time.perf_counter() - t0
+            return {"wall": wall, "stages": dict(result.timings), "vad": self.vad_seconds,
+                    "text": result.text if result.segments else "", "scores": [s.score for s in result.segments],
+                    "segments": len(result.segments), "windows": len({s.segment.window for s in result.segments})}
+        extra = {"word_timestamps": True, "hallucination_silence_threshold": HST_SECONDS} if variant == "hst" else {}
+        t0 = time.perf_counter()
+        segments, _info = self.whisper.transcribe(audio, **self.kwargs, **extra)
+        segments = list(segments)
+        wall = time.perf_counter() - t0
+        return {"wall": wall, "text": "".join(s.text for s in segments).strip(), "segments": len(segments)}
+
+
+# ---------------------------------------------------------------- peak RSS (fresh process per variant)
+def _memory_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process. VmHWM, not ru_maxrss: Linux keeps ru_maxrss across the
+    fork + exec that started this child, so it would report the parent's peak."""
+    status = Path("/proc/self/status").read_text()
+    get = lambda key: int(status.split(key + ":")[1].split()[0]) / 1024  # noqa: E731
+    return get("VmRSS"), get("VmHWM")
+
+
+def rss_child(model: str, device: str, variant: str, seconds: float) -> dict:
+    _, before = _memory_mb()
+    runner = Runner(model, device, with_guard=variant == "guard", with_plain=variant != "guard")
+    _, loaded = _memory_mb()
+    clip = pick_clips(BENCH, 0, 0, [seconds])[0]
+    runner.run(variant, clip.audio)
+    rss, peak = _memory_mb()
+    return {"variant": variant, "after_import_mb": before, "after_load_mb": loaded, "peak_mb": peak,
+            "end_mb": rss, "audio_seconds": clip.seconds}
+
+
+def measure_rss(model: str, device: str, seconds: float) -> dict:
+    out = {}
+    for variant in VARIANTS:
+        proc = subprocess.run([sys.executable, __file__, "--rss-child", variant, "--model", model, "--device", device,
+                               "--rss-seconds", str(seconds)], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"RSS child for {variant} failed:\n{proc.stderr[-2000:]}")
+        out[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ---------------------------------------------------------------- the run
+def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_seconds: float | None,
+                proposed: bool = False) -> dict:
+    variants = VARIANTS + ((PROPOSED,) if proposed else ())
+    runner = Runner(model, device, with_proposed=proposed)
+    warm = clips[0].audio
+    for v in variants:  # first calls pay lazy initialisation
+        runner.run(v, warm)
+    runs: dict[str, dict[str, list[dict]]] = {c.name: {v: [] for v in variants} for c in clips}
+    k = 0
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    for rep in range(repeats):
+        for clip in clips:
+            order = variants[k % len(variants):] + variants[:k % len(variants)]
+            k += 1
+            for v in order:
+                gc.collect()
+                runs[clip.name][v].append(runner.run(v, clip.audio))
+            print(f"[{model}] rep {rep + 1}/{repeats} {clip.name} ({clip.seconds:.0f} s): " + "  ".join(
+                f"{v} {runs[clip.name][v][-1]['wall']:.2f}s" for v in variants), file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - t_start
+    report = summarise(model, runner, clips, runs, repeats, variants)
+    report["run"] = {"elapsed_seconds": elapsed, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    if rss_seconds:
+        del runner
+        gc.collect()
+        report["peak_rss_mb"] = measure_rss(model, device, rss_seconds)
+    return report
+
+
+def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats: int,
+              variants: tuple[str, ...]) -> dict:
+    med = lambda xs: float(statistics.median(xs))  # noqa: E731
+    others = [v for v in variants if v != "plain"]
+    per_clip = []
+    for clip in clips:
+        r = runs[clip.name]
+        row = {"clip": clip.name, "class": clip.cls, "audio_seconds": clip.seconds, "sources": clip.sources}
+        for v in variants:
+            row[f"{v}_seconds"] = med([x["wall"] for x in r[v]])
+        for v in others:
+            row[f"{v}_ratio"] = med([x["wall"] / p["wall"] for x, p in zip(r[v], r["plain"])])
+        row["guard_stages"] = {s: med([x["stages"][s] for x in r["guard"]]) for s in STAGES}
+        row["guard_vad_seconds"] = med([x["vad"] for x in r["guard"]])
+        row["windows"] = r["guard"][0]["windows"]
+        row["same_text_as_plain"] = r["guard"][0]["text"] == r["plain"][0]["text"]
+        if PROPOSED in variants:
+            a, b = r["guard"][0]["scores"], r[PROPOSED][0]["scores"]
+            row["proposed_max_score_change"] = max((abs(x - y) for x, y in zip(a, b)), default=0.0) \
+                if len(a) == len(b) else None
+        per_clip.append(row)
+
+    def group(names: list[str]) -> dict:
+        sums = {v: [sum(runs[n][v][i]["wall"] for n in names) for i in range(repeats)] for v in variants}
+        audio = sum(c.seconds for c in clips if c.name in names)
+        stages = {s: med([sum(runs[n]["guard"][i]["stages"][s] for n in names) for i in range(repeats)])
+                  for s in STAGES}
+        stages["signature_vad"] = med([sum(runs[n]["guard"][i]["vad"] for n in names) for i in range(repeats)])
+        plain = med(sums["plain"])
+        out = {"clips": len(names), "audio_seconds": audio, **{f"{v}_seconds": med(sums[v]) for v in variants}}
+        for v in others:
+            ratios = [x / p for x, p in zip(sums[v], sums["plain"])]
+            out[f"{v}_ratio"] = med(ratios)
+            out[f"{v}_ratio_per_repeat"] = ratios
+        out.update({f"{v}_rtf": med(sums[v]) / audio for v in variants})
+        out["guard_stages_seconds"] = stages
+        out["guard_stage_share_of_plain"] = {s: t / plain for s, t in stages.items()}
+        return out
+
+    classes = {cls: group([c.name for c in clips if c.cls == cls]) for cls in ("5s", "30s", "long")
+               if any(c.cls == cls for c in clips)}
+    classes["all"] = group([c.name for c in clips])
+    import ctranslate2
+    import faster_whisper
+    import onnxruntime as ort
+
+    probe = runner.bundle.probe
+    return {
+        "model": model, "device": runner.device, "resolved_device": runner.device,
+        "compute_type": runner.compute_type, "repeats": repeats, "variants": list(variants),
+        "hst_seconds": HST_SECONDS, "baseline_kwargs": runner.kwargs,
+        "neutral_calibration": runner.neutral_calibration,  # features are computed either way
+        "probe": probe.describe() if hasattr(probe, "describe") else {"providers": probe.providers},
+        "ct2": {"device": runner.device, "compute_type": runner.compute_type, "cpu_threads": "default"},
+        "blas": _blas_info(),
+        "versions": {
+            "ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
+            "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "classes": classes, "clips": per_clip,
+    }
+
+
+def _blas_info() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"threadpoolctl": "not installed", "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}]
+    return [{k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()
+            if i.get("user_api") == "blas"]
+
+
+# ---------------------------------------------------------------- output
+def write(report: dict, out_dir: Path, findings: list[str], suffix: str = "") -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"perf-{report['model']}-{report['resolved_device']}{suffix}"
+    report["findings"] = findings
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(markdown(report))
+    try:
+        plot(report, Path(f"{stem}.png"))
+    except ImportError:
+        pass
+    return stem
+
+
+LABELS = {"plain": "(a) plain", "hst": "(b) hst", "guard": "(c) guard", PROPOSED: "(d) proposed"}
+
+
+def markdown(r: dict) -> str:
+    variants = r["variants"]
+    others = [v for v in variants if v != "plain"]
+    blas = ", ".join(f"{b['internal_api']} {b['num_threads']} threads" for b in r["blas"] if "internal_api" in b)
+    lines = [f"# Overhead: {r['model']} on {r['resolved_device']} ({r['compute_type']})", "",
+             f"{r['repeats']} repeats, variants interleaved per clip in rotating order; medians. Ratios are medians "
+             "of per-repeat paired ratios. (b) = faster-whisper with `hallucination_silence_threshold="
+             f"{r['hst_seconds']}` and word timestamps. Probe on {r['probe']['providers'][0]}; numpy BLAS: "
+             f"{blas or 'unknown'}.", "",
+             "| clips | audio s | " + " | ".join(f"{LABELS[v]} s" for v in variants) + " | "
+             + " | ".join(f"{LABELS[v][:3]}/(a)" for v in others) + " | RTF (a) | RTF (c) |",
+             "|---|---:|" + "---:|" * (len(variants) + len(others) + 2)]
+    for cls, g in r["classes"].items():
+        lines.append(f"| {cls} ({g['clips']}) | {g['audio_seconds']:.0f} | "
+                     + " | ".join(f"{g[f'{v}_seconds']:.2f}" for v in variants) + " | "
+                     + " | ".join(f"**{g[f'{v}_ratio']:.3f}**" if v == "guard" else f"{g[f'{v}_ratio']:.3f}"
+                                  for v in others)
+                     + f" | {g['plain_rtf']:.3f} | {g['guard_rtf']:.3f} |")
+    lines += ["", "Guard (c) stages (all clips, seconds; share of plain faster-whisper's time). `signature_vad` is "
+              "the Silero VAD part of `signature`:", "", "| stage | seconds | share of (a) |", "|---|---:|---:|"]
+    g = r["classes"]["all"]
+    for s, t in g["guard_stages_seconds"].items():
+        lines.append(f"| {s} | {t:.3f} | {g['guard_stage_share_of_plain'][s]:.3f} |")
+    if "peak_rss_mb" in r:
+        lines += ["", "Peak RSS, each variant alone in a fresh process "
+                  f"({next(iter(r['peak_rss_mb'].values()))['audio_seconds']:.0f} s clip):", "",
+                  "| variant | after load MB | peak MB |", "|---|---:|---:|"]
+        for v, m in r["peak_rss_mb"].items():
+            lines.append(f"| {v} | {m['after_load_mb']:.0f} | {m['peak_mb']:.0f} |")
+    lines += ["", "Per clip (median seconds):", "",
+              "| clip | s | windows | " + " | ".join(LABELS[v] for v in variants) + " | (c)/(a) | same text |",
+              "|---|---:|---:|" + "---:|" * (len(variants) + 1) + "---|"]
+    for c in r["clips"]:
+        lines.append(f"| {c['clip']} | {c['audio_seconds']:.1f} | {c['windows']} | "
+                     + " | ".join(f"{c[f'{v}_seconds']:.2f}" for v in variants)
+                     + f" | {c['guard_ratio']:.3f} | {'yes' if c['same_text_as_plain'] else 'no'} |")
+    if r.get("findings"):
+        lines += ["", "Findings:", ""] + [f"- {f}" for f in r["findings"]]
+    lines += ["", f"Machine: {r['machine']['cpus']} CPUs, load average {r['run']['loadavg_before'][0]:.1f} before / "
+              f"{r['run']['loadavg_after'][0]:.1f} after (a shared host); versions {r['versions']}.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(r["classes"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(classes))
+    w = 0.27
+    ax.bar(x - w, [r["classes"][c]["plain_rtf"] for c in classes], w, label="(a) faster-whisper")
+    ax.bar(x, [r["classes"][c]["hst_rtf"] for c in classes], w, label="(b) + hallucination_silence_threshold")
+    if PROPOSED in r["variants"]:
+        ax.scatter(x + w, [r["classes"][c]["proposed_rtf"] for c in classes], marker="_", s=400, color="k", zorder=3,
+                   label="(d) proposed pipeline changes (total)")
+    bottom = np.zeros(len(classes))
+    for s in STAGES:
+        vals = np.array([r["classes"][c]["guard_stages_seconds"][s] / r["classes"][c]["audio_seconds"]
+                         for c in classes])
+        ax.bar(x + w, vals, w, bottom=bottom, label=f"(c) guard: {s}")
+        bottom += vals
+    ax.set_xticks(x, classes)
+    ax.set_ylabel("real-time factor (wall s / audio s)")
+    ax.set_title(f"{r['model']} on {r['resolved_device']} ({r['compute_type']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", help="tiny.en, base, ... (repeatable; default tiny.en and base)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--short", type=int, default=3, help="5 s speech clips")
+    p.add_argument("--thirty", type=int, default=2, help="~30 s mixture clips")
+    p.add_argument("--long", type=float, action="append", help="seconds of each concatenated clip (default 150)")
+    p.add_argument("--rss-seconds", type=float, default=150.0, help="clip length for the peak RSS runs (0 = skip)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--findings", type=Path, help="JSON {model: [finding, ...]} to embed in the report")
+    p.add_argument("--proposed", action="store_true", help="add (d): the pipeline changes recommended (prototype)")
+    p.add_argument("--blas-threads", type=int, default=0,
+                   help="limit numpy's BLAS threads for every variant (0 = leave as the product does)")
+    p.add_argument("--suffix", default="", help="appended to the output file names")
+    p.add_argument("--rss-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    models = a.model or ["tiny.en", "base"]
+    if a.rss_child:
+        print(json.dumps(rss_child(models[0], a.device, a.rss_child, a.rss_seconds)))
+        return 0
+    np.seterr(all="ignore")
+    if a.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(a.blas_threads, user_api="blas")
+    clips = pick_clips(BENCH, a.short, a.thirty, a.long or [150.0])
+    print("clips: " + ", ".join(f"{c.name} {c.seconds:.1f}s" for c in clips), file=sys.stderr)
+    findings = json.loads(a.findings.read_text()) if a.findings else {}
+    for model in models:
+        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None, a.proposed)
+        stem = write(report, a.out, findings.get(model, []), a.suffix)
+        print(markdown(report))
+        print(f"wrote {stem}.json/.md/.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
