@@ -11,11 +11,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
+from threadpoolctl import threadpool_limits
 
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
@@ -75,6 +77,11 @@ class Guard:
             settings = settings.model_copy(update={"device": Device.cpu, "compute_type": "default" if half
                                                    else settings.compute_type})
         self.settings = settings
+        # The signature's matrices are small: numpy's BLAS on one thread leaves the cores to
+        # CTranslate2 instead of fighting it (measured in benchmarks/overhead.py).
+        threadpool_limits(1, user_api="blas")
+        # Window k is analysed (probe, signature, score) here while CTranslate2 decodes window k+1.
+        self.analysis = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="guard-analysis")
         self.vad = VoiceActivity()
         self.phrases = load_phrases()
         self._on_fallback = on_fallback
@@ -190,8 +197,11 @@ class Guard:
 
     # ------------------------------------------------------------ shared stages
     def _probe(self, bundle: Bundle, window: Window, extra_rows: tuple[np.ndarray, np.ndarray] | None,
-               timings: dict[str, float]) -> tuple[WindowContext, np.ndarray]:
-        """One teacher-forced pass over prompt + emitted tokens; per-position token statistics."""
+               timings: dict[str, float], read_rows: np.ndarray | None = None) -> tuple[WindowContext, np.ndarray]:
+        """One teacher-forced pass over prompt + emitted tokens; per-position token statistics.
+
+        Attention patterns and sublayer outputs are kept only for `read_rows` (the segments' text
+        rows) and the scored rows: the previous-text prompt is fed but never read."""
         t0 = time.perf_counter()
         seq = window.prompt + window.tokens
         rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
@@ -200,7 +210,8 @@ class Guard:
             rows = np.concatenate([rows, extra_rows[0]])
             targets = np.concatenate([targets, extra_rows[1]])
         seq = seq[:int(rows.max()) + 1] if len(rows) else seq[:1]  # the last token is only ever a target
-        cache: ProbeCache = bundle.probe.run(seq, window.encoder_output, rows, targets)
+        cache: ProbeCache = bundle.probe.run(seq, window.encoder_output, rows, targets,
+                                             pattern_rows=None if read_rows is None else np.unique(read_rows))
         timings["probe"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         n_main = len(window.tokens)
@@ -216,17 +227,23 @@ class Guard:
         timings["signature"] += time.perf_counter() - t0
         return ctx, cache["logits.target_logprob"][n_main:]
 
+    @staticmethod
+    def _text_rows(bundle: Bundle, window: Window, spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Per segment, the input positions that predict its text tokens (timestamps left out)."""
+        eot = bundle.transcriber.tokenizer(window.language).eot
+        tokens = np.asarray(window.tokens)
+        out = []
+        for lo, hi in spans:
+            positions = np.arange(lo, hi)
+            text_pos = positions[tokens[lo:hi] < eot]
+            out.append(len(window.prompt) - 1 + (text_pos if len(text_pos) else positions))
+        return out
+
     def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
                         policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
         t0 = time.perf_counter()
-        eot = bundle.transcriber.tokenizer(window.language).eot
         rows_features = []
-        for i, (seg, (lo, hi)) in enumerate(zip(window.segments, spans)):
-            positions = np.arange(lo, hi)
-            text_pos = positions[np.asarray(window.tokens[lo:hi]) < eot]
-            if len(text_pos) == 0:
-                text_pos = positions
-            rows = len(window.prompt) - 1 + text_pos
+        for i, (seg, rows) in enumerate(zip(window.segments, self._text_rows(bundle, window, spans))):
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
             sl = SegmentSlice(rows, frame_lo, frame_hi, i, len(window.segments))
@@ -247,8 +264,11 @@ class Guard:
 
     def analyse_window(self, bundle: Bundle, window: Window, policy: Policy, return_features: bool,
                        timings: dict[str, float]) -> list[ScoredSegment]:
-        ctx, _ = self._probe(bundle, window, None, timings)
-        return self._score_segments(bundle, window, ctx, locate(window), policy, return_features, timings)
+        spans = locate(window)
+        rows = self._text_rows(bundle, window, spans)
+        read = np.concatenate(rows) if rows else None
+        ctx, _ = self._probe(bundle, window, None, timings, read_rows=read)
+        return self._score_segments(bundle, window, ctx, spans, policy, return_features, timings)
 
 
 class StreamSession:
@@ -289,15 +309,26 @@ class StreamSession:
     def _run(self, *, final: bool, cancel: Cancel) -> list[ScoredSegment]:
         audio = np.concatenate(self.chunks) if len(self.chunks) > 1 else \
             (self.chunks[0] if self.chunks else np.zeros(0, np.float32))
-        out: list[ScoredSegment] = []
+        pending: list[tuple[Future, dict[str, float]]] = []
         t0 = time.perf_counter()
-        for window in self.bundle.transcriber.windows(audio, self.state, self.asr_options, self.options.language,
-                                                      final=final, offset=self.offset, cancel=cancel):
+        try:
+            for window in self.bundle.transcriber.windows(audio, self.state, self.asr_options, self.options.language,
+                                                          final=final, offset=self.offset, cancel=cancel):
+                self.timings["transcribe"] += time.perf_counter() - t0
+                timings = dict.fromkeys(self.timings, 0.0)
+                pending.append((self.guard.analysis.submit(self.guard.analyse_window, self.bundle, window,
+                                                           self.policy, self.options.return_features, timings),
+                                timings))
+                t0 = time.perf_counter()
             self.timings["transcribe"] += time.perf_counter() - t0
-            out += self.guard.analyse_window(self.bundle, window, self.policy, self.options.return_features,
-                                             self.timings)
-            t0 = time.perf_counter()
-        self.timings["transcribe"] += time.perf_counter() - t0 - 0.0
+            out = [seg for future, _ in pending for seg in future.result()]
+        finally:
+            for future, _ in pending:
+                future.cancel()
+        for _, timings in pending:
+            for stage, seconds in timings.items():
+                if stage != "transcribe":
+                    self.timings[stage] += seconds
         drop = max(0, min(len(audio), self.state.seek * HOP - self.offset))
         audio = audio[drop:]
         self.offset += drop

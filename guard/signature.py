@@ -138,8 +138,7 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     rows = seg.rows
     n_rows = len(rows)
     n_frames = max(1, ctx.evidence.n_frames)
-    patterns = ctx.cache.patterns()[:, :, rows, :]  # [L, H, n, F]
-    outs = ctx.cache.outs()[:, rows, :]  # [L, n, d]
+    patterns, outs = ctx.cache.select(rows)  # [L, H, n, F], [L, n, d]
     n_layers, n_heads = patterns.shape[:2]
     content = patterns[..., :n_frames]
     content_mass = content.sum(-1)  # [L, H, n]
