@@ -9,10 +9,6 @@ few minutes of mixtures and speech concatenated), interleaved clip by clip in a 
   (a) plain    `WhisperModel.transcribe` with the guard's own decoding settings (see `decode_kwargs`)
   (b) hst      the same plus faster-whisper's `hallucination_silence_threshold` (word timestamps on)
   (c) guard    `Guard.transcribe`: transcribe + probe + signature + score + policy
-  (d) proposed (with --proposed) the guard with the changes recommended for guard/pipeline.py,
-               prototyped here (`ProposedGuard`, benchmark code, not the product): numpy's BLAS on
-               one thread during the call, the probe restricted to the rows the signature reads,
-               and VAD + analysis of window k on a worker thread while CTranslate2 decodes k+1
 
 Reported: per clip and per length class the median wall time over repeats, the ratios (b)/(a)
 and (c)/(a) (the median over repeats of the per-repeat ratio of summed times: each repeat is a
@@ -50,7 +46,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 BENCH = Path(os.environ.get("WHISPER_GUARD_BENCH", ROOT.parent / "shared" / "bench"))
 SR = 16000
 VARIANTS = ("plain", "hst", "guard")
-PROPOSED = "proposed"
 HST_SECONDS = 2.0  # hallucination_silence_threshold used for (b)
 STAGES = ("transcribe", "probe", "signature", "score")
 
@@ -121,91 +116,10 @@ def decode_kwargs(settings: Settings) -> dict:
                 vad_filter=False)
 
 
-def proposed_guard_class():
-    """A Guard subclass with the pipeline changes recommended to guard/pipeline.py (prototype)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    from guard.asr import WINDOW_SAMPLES
-    from guard.pipeline import Guard, locate
-    from guard.results import GuardResult
-    from guard.signature import WindowContext
-
-    class ProposedGuard(Guard):
-        def __init__(self, settings, **kw):
-            super().__init__(settings, **kw)
-            self.pool = ThreadPoolExecutor(2, thread_name_prefix="proposed")
-            self._vad = self.vad.evidence
-            self._prefetched: dict = {}
-            self.vad.evidence = self._evidence
-
-        def _evidence(self, audio, total_frames=1500, enabled=True):
-            future = self._prefetched.pop((audio.__array_interface__["data"][0], len(audio)), None)
-            return future.result() if future is not None else self._vad(audio, total_frames, enabled)
-
-        def _probe(self, bundle, window, extra_rows, timings):
-            """As Guard._probe, plus pattern_rows = the rows `_score_segments` reads."""
-            t0 = time.perf_counter()
-            seq = window.prompt + window.tokens
-            rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
-            targets = np.asarray(window.tokens, dtype=np.int64)
-            eot = bundle.transcriber.tokenizer(window.language).eot
-            tokens = np.asarray(window.tokens)
-            read = []
-            for lo, hi in locate(window):
-                pos = np.arange(lo, hi)
-                text = pos[tokens[lo:hi] < eot]
-                read.append(text if len(text) else pos)
-            keep = len(window.prompt) - 1 + np.concatenate(read) if read else rows[:1]
-            seq = seq[:int(rows.max()) + 1] if len(rows) else seq[:1]
-            cache = bundle.probe.run(seq, window.encoder_output, rows, targets, pattern_rows=np.unique(keep))
-            timings["probe"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            lp, ent = np.full(len(seq), np.nan), np.full(len(seq), np.nan)
-            ok = np.zeros(len(seq), dtype=bool)
-            lp[rows], ent[rows] = cache["logits.target_logprob"], cache["logits.entropy"]
-            ok[rows] = cache["logits.argmax"] == targets
-            evidence = self.vad.evidence(window.audio, enabled=self.settings.vad)
-            ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok)
-            timings["signature"] += time.perf_counter() - t0
-            return ctx, cache["logits.target_logprob"][len(window.tokens):]
-
-        def transcribe(self, audio, options, cancel=None):
-            with threadpool_limits(1, user_api="blas"):
-                s = self.open_stream(options)
-                s.push(audio)
-                audio = s.chunks[0]
-                gen = s.bundle.transcriber.windows(audio, s.state, s.asr_options, s.options.language, final=True)
-                futures = []
-                while True:
-                    start = s.state.seek * 160
-                    if start < len(audio):
-                        part = audio[start:start + WINDOW_SAMPLES]
-                        self._prefetched[(part.__array_interface__["data"][0], len(part))] = self.pool.submit(
-                            self._vad, part, 1500, self.settings.vad)
-                    t0 = time.perf_counter()
-                    try:
-                        window = next(gen)
-                    except StopIteration:
-                        break
-                    finally:
-                        s.timings["transcribe"] += time.perf_counter() - t0
-                    futures.append(self.pool.submit(self.analyse_window, s.bundle, window, s.policy, False,
-                                                    s.timings))
-                segments = [seg for f in futures for seg in f.result()]
-                self._prefetched.clear()
-            return GuardResult(segments, s.bundle.name, s.state.language or "en", len(audio) / SR, s.policy.mode,
-                               dict(s.timings))
-
-    return ProposedGuard
-
-
 class Runner:
     """The three variants for one model, loaded once."""
 
-    def __init__(self, model: str, device: str, with_guard: bool = True, with_plain: bool = True,
-                 with_proposed: bool = False):
+    def __init__(self, model: str, device: str, with_guard: bool = True, with_plain: bool = True):
         from guard.models import resolve
 
         self.settings = Settings(model=model, device=device, max_concurrent=1)
@@ -225,7 +139,6 @@ class Runner:
             self.bundle = self.guard.bundle(None)
             self.neutral_calibration = bool(self.bundle.calibration.meta.get("neutral"))
             self._wrap_vad()
-        self.proposed = proposed_guard_class()(self.settings, require_calibration=False) if with_proposed else None
         self.vad_seconds = 0.0
 
     def _wrap_vad(self) -> None:
@@ -242,22 +155,22 @@ class Runner:
         self.guard.vad.evidence = timed
 
     def run(self, variant: str, audio: np.ndarray) -> dict:
-        if variant in ("guard", PROPOSED):
+        if variant == "guard":
             from guard.results import RequestOptions
 
             self.vad_seconds = 0.0
-            t0 = time.perf_counter()
-            result = (self.guard if variant == "guard" else self.proposed).transcribe(audio, RequestOptions(language="en"))
-            wall = time.perf_counter() - t0
-            return {"wall": wall, "stages": dict(result.timings), "vad": self.vad_seconds,
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = self.guard.transcribe(audio, RequestOptions(language="en"))
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            return {"wall": wall, "cpu": cpu, "stages": dict(result.timings), "vad": self.vad_seconds,
                     "text": result.text if result.segments else "", "scores": [s.score for s in result.segments],
                     "segments": len(result.segments), "windows": len({s.segment.window for s in result.segments})}
         extra = {"word_timestamps": True, "hallucination_silence_threshold": HST_SECONDS} if variant == "hst" else {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         segments, _info = self.whisper.transcribe(audio, **self.kwargs, **extra)
         segments = list(segments)
-        wall = time.perf_counter() - t0
-        return {"wall": wall, "text": "".join(s.text for s in segments).strip(), "segments": len(segments)}
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {"wall": wall, "cpu": cpu, "text": "".join(s.text for s in segments).strip(), "segments": len(segments)}
 
 
 # ---------------------------------------------------------------- peak RSS (fresh process per variant)
@@ -292,10 +205,9 @@ def measure_rss(model: str, device: str, seconds: float) -> dict:
 
 
 # ---------------------------------------------------------------- the run
-def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_seconds: float | None,
-                proposed: bool = False) -> dict:
-    variants = VARIANTS + ((PROPOSED,) if proposed else ())
-    runner = Runner(model, device, with_proposed=proposed)
+def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_seconds: float | None) -> dict:
+    variants = VARIANTS
+    runner = Runner(model, device)
     warm = clips[0].audio
     for v in variants:  # first calls pay lazy initialisation
         runner.run(v, warm)
@@ -334,14 +246,11 @@ def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats
             row[f"{v}_seconds"] = med([x["wall"] for x in r[v]])
         for v in others:
             row[f"{v}_ratio"] = med([x["wall"] / p["wall"] for x, p in zip(r[v], r["plain"])])
+            row[f"{v}_cpu_ratio"] = med([x["cpu"] / p["cpu"] for x, p in zip(r[v], r["plain"])])
         row["guard_stages"] = {s: med([x["stages"][s] for x in r["guard"]]) for s in STAGES}
         row["guard_vad_seconds"] = med([x["vad"] for x in r["guard"]])
         row["windows"] = r["guard"][0]["windows"]
         row["same_text_as_plain"] = r["guard"][0]["text"] == r["plain"][0]["text"]
-        if PROPOSED in variants:
-            a, b = r["guard"][0]["scores"], r[PROPOSED][0]["scores"]
-            row["proposed_max_score_change"] = max((abs(x - y) for x, y in zip(a, b)), default=0.0) \
-                if len(a) == len(b) else None
         per_clip.append(row)
 
     def group(names: list[str]) -> dict:
@@ -352,10 +261,13 @@ def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats
         stages["signature_vad"] = med([sum(runs[n]["guard"][i]["vad"] for n in names) for i in range(repeats)])
         plain = med(sums["plain"])
         out = {"clips": len(names), "audio_seconds": audio, **{f"{v}_seconds": med(sums[v]) for v in variants}}
+        cpu = {v: [sum(runs[n][v][i]["cpu"] for n in names) for i in range(repeats)] for v in variants}
         for v in others:
             ratios = [x / p for x, p in zip(sums[v], sums["plain"])]
             out[f"{v}_ratio"] = med(ratios)
             out[f"{v}_ratio_per_repeat"] = ratios
+            out[f"{v}_cpu_ratio"] = med([x / p for x, p in zip(cpu[v], cpu["plain"])])
+        out.update({f"{v}_cpu_seconds": med(cpu[v]) for v in variants})
         out.update({f"{v}_rtf": med(sums[v]) / audio for v in variants})
         out["guard_stages_seconds"] = stages
         out["guard_stage_share_of_plain"] = {s: t / plain for s, t in stages.items()}
@@ -408,7 +320,7 @@ def write(report: dict, out_dir: Path, findings: list[str], suffix: str = "") ->
     return stem
 
 
-LABELS = {"plain": "(a) plain", "hst": "(b) hst", "guard": "(c) guard", PROPOSED: "(d) proposed"}
+LABELS = {"plain": "(a) plain", "hst": "(b) hst", "guard": "(c) guard"}
 
 
 def markdown(r: dict) -> str:
@@ -421,7 +333,7 @@ def markdown(r: dict) -> str:
              f"{r['hst_seconds']}` and word timestamps. Probe on {r['probe']['providers'][0]}; numpy BLAS: "
              f"{blas or 'unknown'}.", "",
              "| clips | audio s | " + " | ".join(f"{LABELS[v]} s" for v in variants) + " | "
-             + " | ".join(f"{LABELS[v][:3]}/(a)" for v in others) + " | RTF (a) | RTF (c) |",
+             + " | ".join(f"{LABELS[v][:4].strip()}/(a)" for v in others) + " | RTF (a) | RTF (c) |",
              "|---|---:|" + "---:|" * (len(variants) + len(others) + 2)]
     for cls, g in r["classes"].items():
         lines.append(f"| {cls} ({g['clips']}) | {g['audio_seconds']:.0f} | "
@@ -429,6 +341,15 @@ def markdown(r: dict) -> str:
                      + " | ".join(f"**{g[f'{v}_ratio']:.3f}**" if v == "guard" else f"{g[f'{v}_ratio']:.3f}"
                                   for v in others)
                      + f" | {g['plain_rtf']:.3f} | {g['guard_rtf']:.3f} |")
+    lines += ["", "Process CPU time (user + system, all threads of the benchmark process) over the same calls: "
+              "less sensitive to other tenants than wall time; a variant that overlaps work on threads "
+              "saves wall time, not CPU time.", "",
+              "| clips | " + " | ".join(f"{LABELS[v]} cpu s" for v in variants) + " | "
+              + " | ".join(f"{LABELS[v][:4].strip()}/(a) cpu" for v in others) + " |",
+              "|---|" + "---:|" * (len(variants) + len(others))]
+    for cls, g in r["classes"].items():
+        lines.append(f"| {cls} | " + " | ".join(f"{g[f'{v}_cpu_seconds']:.2f}" for v in variants) + " | "
+                     + " | ".join(f"{g[f'{v}_cpu_ratio']:.3f}" for v in others) + " |")
     lines += ["", "Guard (c) stages (all clips, seconds; share of plain faster-whisper's time). `signature_vad` is "
               "the Silero VAD part of `signature`:", "", "| stage | seconds | share of (a) |", "|---|---:|---:|"]
     g = r["classes"]["all"]
@@ -466,9 +387,6 @@ def plot(r: dict, path: Path) -> None:
     w = 0.27
     ax.bar(x - w, [r["classes"][c]["plain_rtf"] for c in classes], w, label="(a) faster-whisper")
     ax.bar(x, [r["classes"][c]["hst_rtf"] for c in classes], w, label="(b) + hallucination_silence_threshold")
-    if PROPOSED in r["variants"]:
-        ax.scatter(x + w, [r["classes"][c]["proposed_rtf"] for c in classes], marker="_", s=400, color="k", zorder=3,
-                   label="(d) proposed pipeline changes (total)")
     bottom = np.zeros(len(classes))
     for s in STAGES:
         vals = np.array([r["classes"][c]["guard_stages_seconds"][s] / r["classes"][c]["audio_seconds"]
@@ -495,7 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-seconds", type=float, default=150.0, help="clip length for the peak RSS runs (0 = skip)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--findings", type=Path, help="JSON {model: [finding, ...]} to embed in the report")
-    p.add_argument("--proposed", action="store_true", help="add (d): the pipeline changes recommended (prototype)")
     p.add_argument("--blas-threads", type=int, default=0,
                    help="limit numpy's BLAS threads for every variant (0 = leave as the product does)")
     p.add_argument("--suffix", default="", help="appended to the output file names")
@@ -514,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     print("clips: " + ", ".join(f"{c.name} {c.seconds:.1f}s" for c in clips), file=sys.stderr)
     findings = json.loads(a.findings.read_text()) if a.findings else {}
     for model in models:
-        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None, a.proposed)
+        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None)
         stem = write(report, a.out, findings.get(model, []), a.suffix)
         print(markdown(report))
         print(f"wrote {stem}.json/.md/.png", file=sys.stderr)
