@@ -17,7 +17,6 @@ from importlib import resources
 
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
-from threadpoolctl import threadpool_limits
 
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
@@ -77,9 +76,10 @@ class Guard:
             settings = settings.model_copy(update={"device": Device.cpu, "compute_type": "default" if half
                                                    else settings.compute_type})
         self.settings = settings
-        # The signature's matrices are small: numpy's BLAS on one thread leaves the cores to
-        # CTranslate2 instead of fighting it (measured in benchmarks/overhead.py).
-        threadpool_limits(1, user_api="blas")
+        # numpy's BLAS thread count is left alone on purpose: faster-whisper's log-mel goes through
+        # it, and one thread instead of two changes summation order enough to flip borderline
+        # transcripts (seen on tests/fixtures/nonspeech-music.flac), i.e. the guard would no longer
+        # transcribe what plain faster-whisper does.
         # Window k is analysed (probe, signature, score) here while CTranslate2 decodes window k+1.
         self.analysis = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="guard-analysis")
         self.vad = VoiceActivity()
