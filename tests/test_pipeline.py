@@ -142,3 +142,16 @@ def test_cuda_requested_without_a_gpu_falls_back_to_cpu_with_a_metric_hook(tmp_p
                   on_fallback=lambda c, r: events.append((c, r)))
     assert probe.providers == ["CPUExecutionProvider"]
     assert events == [("onnxruntime", "cuda_unavailable")]
+
+
+@pytest.mark.parametrize("clip", [SPEECH, MUSIC])
+def test_guard_transcribes_exactly_what_plain_faster_whisper_does(guard, load_audio, clip):
+    """Same model object, same settings, one 30 s window: identical segments and confidence."""
+    audio = load_audio(clip)
+    whisper = guard.bundle(None).transcriber.whisper
+    plain, _ = whisper.transcribe(audio, beam_size=5, temperature=[0.0], no_speech_threshold=None,
+                                  condition_on_previous_text=True)
+    plain = list(plain)
+    ours = guard.transcribe(audio, RequestOptions()).segments
+    assert [(p.start, p.end, p.text) for p in plain] == [(s.segment.start, s.segment.end, s.segment.text) for s in ours]
+    np.testing.assert_allclose([p.avg_logprob for p in plain], [s.segment.avg_logprob for s in ours], atol=1e-6)
