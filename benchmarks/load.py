@@ -143,10 +143,11 @@ class InProcess:
 class Server:
     """`python -m guard.server` on loopback, as a subprocess we can measure and stop."""
 
-    def __init__(self, model: str, device: str, max_concurrent: int, max_queued: int, log_path: Path):
+    def __init__(self, model: str, device: str, max_concurrent: int, max_queued: int, log_path: Path,
+                 extra_env: dict[str, str] | None = None):
         port = _free_port()
         self.address = f"127.0.0.1:{port}"
-        env = {**os.environ, "WHISPER_GUARD_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "WHISPER_GUARD_LOG_LEVEL": "WARNING", **(extra_env or {})}
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "guard.server", "--address", self.address, "--metrics-address", "",
@@ -212,14 +213,15 @@ def merge(runs: list[Level]) -> dict:
 
 
 def run(model: str, device: str, levels: list[int], per_client: int, min_requests: int, cap: float,
-        max_concurrent: int, max_queued: int, n_clips: int, rounds: int) -> dict:
+        max_concurrent: int, max_queued: int, n_clips: int, rounds: int, server_env: dict[str, str]) -> dict:
     from guard.config import Settings
 
     clips = pick_clips(BENCH, 0, n_clips, [])
     payload = [(pcm16(c.audio), c.seconds) for c in clips]
     settings = Settings(model=model, device=device, max_concurrent=max_concurrent, max_queued=max_queued,
                         metrics_address="")
-    server = Server(model, device, max_concurrent, max_queued, Path(tempfile.gettempdir()) / f"whisper-guard-load-{model}.log")
+    server = Server(model, device, max_concurrent, max_queued,
+                    Path(tempfile.gettempdir()) / f"whisper-guard-load-{model}.log", server_env)
     try:
         inproc = InProcess(settings)
         for mode in (server, inproc):  # warm both: first calls pay lazy initialisation
@@ -243,7 +245,9 @@ def run(model: str, device: str, levels: list[int], per_client: int, min_request
         memory = server.memory()
     finally:
         server.stop()
-    return report(model, settings, levels, results, memory, clips, cap)
+    out = report(model, settings, levels, results, memory, clips, cap)
+    out["server_env"] = server_env
+    return out
 
 
 def report(model: str, settings, levels: list[int], results: list[dict], memory: dict, clips, cap: float) -> dict:
@@ -285,8 +289,8 @@ def markdown(r: dict) -> str:
               f"- gRPC throughput at N = cores / best in-process throughput: "
               f"{t['grpc_throughput_at_cores_vs_best_inprocess']:.3f}",
               f"- rejections with N <= admission limit ({r['admission_limit']}): {t['rejections_below_limit']}",
-              f"- server RSS at the end {r['server_memory']['rss_mb']:.0f} MB, peak {t['server_peak_rss_mb']:.0f} MB",
-              ""]
+              f"- server RSS at the end {r['server_memory']['rss_mb']:.0f} MB, peak {t['server_peak_rss_mb']:.0f} MB"
+              + (f" (server environment: {r['server_env']})" if r.get("server_env") else ""), ""]
     return "\n".join(lines)
 
 
@@ -302,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queued", type=int, default=8)
     p.add_argument("--clips", type=int, default=3, help="distinct ~30 s clips, sent round-robin")
     p.add_argument("--rounds", type=int, default=2, help="passes over all levels (modes alternate order)")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the server process (e.g. MALLOC_ARENA_MAX=2)")
+    p.add_argument("--suffix", default="", help="appended to the output file names")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     np.seterr(all="ignore")
     r = run(a.model, a.device, a.clients, a.requests_per_client, a.min_requests, a.time_cap, a.max_concurrent,
-            a.max_queued, a.clips, a.rounds)
+            a.max_queued, a.clips, a.rounds, dict(kv.split("=", 1) for kv in a.server_env))
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"load-{a.model}-{r['device']}"
+    stem = a.out / f"load-{a.model}-{r['device']}{a.suffix}"
     Path(f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
     Path(f"{stem}.md").write_text(markdown(r))
     print(markdown(r))

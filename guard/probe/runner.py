@@ -25,6 +25,12 @@ from guard.probe.decoder_graph import LOGIT_OUTPUTS, Embedding, build, out_name,
 
 log = logging.getLogger(__name__)
 
+# On CPU the probe of window k runs while CTranslate2 decodes window k+1 (guard.pipeline), so a
+# second intra-op thread mostly competes with CTranslate2 for the same cores. Measured on a 2-core
+# host (paired runs): 1 thread vs ONNX Runtime's default was 0.90x wall time on 150 s of audio for
+# tiny.en and 0.95x for base, 0.97-1.04x on single-window clips. `probe_threads` overrides it.
+CPU_DEFAULT_THREADS = 1
+
 
 @dataclass
 class ProbeCache:
@@ -112,6 +118,8 @@ class Probe:
         # a fresh mapping: only the embedding rows a window uses become resident, not the pages
         # the build read
         self.embedding = Embedding(ct2_reader.read(model_bin))
+        if not threads and device != "cuda":
+            threads = CPU_DEFAULT_THREADS
         options = session_options(threads)
         # ONNX Runtime reads the weights from these arrays (no proto copy, no serialised copy):
         # arrays and values must live as long as the session.
@@ -144,7 +152,7 @@ class Probe:
 
     def describe(self) -> dict:
         """Provider and session settings, for logs and benchmark reports."""
-        return {"providers": self.providers, "intra_op_threads": self.threads or "default",
+        return {"providers": self.providers, "intra_op_threads": self.threads or "onnxruntime default",
                 "graph_optimization": "ORT_ENABLE_ALL", "io_binding": True, "weights": "external initializers"}
 
     def run(self, tokens: list[int] | np.ndarray, encoder_output: np.ndarray, rows: np.ndarray,
@@ -203,7 +211,7 @@ class Probe:
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """Full graph optimisation, sequential execution; threads as configured (0 = one per core).
+    """Full graph optimisation, sequential execution; `threads` intra-op threads (0 = one per core).
 
     Intra-op threads do not spin while waiting: the probe shares the cores with CTranslate2 and
     with concurrent requests, and a spinning pool measurably slowed both on a busy 2-core host.
