@@ -13,7 +13,8 @@ Both modes run at each level in turn (grpc, in-process, then the other order at 
 and the whole sweep repeats `--rounds` times, so drift on a shared host hits both; latencies are
 pooled over rounds, throughput is the median of the rounds. Reported per mode and N: throughput (audio seconds per wall
 second), latency p50/p95/p99, rejections (RESOURCE_EXHAUSTED) and other errors; the serving
-overhead (grpc / in-process latency at N = 1) and the server's resident memory (VmRSS, and VmHWM:
+overhead at N = 1, paired per call (client latency over the server's own processing + queue time
+from the response summary: robust to drift) and unpaired (grpc / in-process p50) and the server's resident memory (VmRSS, and VmHWM:
 the peak since it started). Writes benchmarks/results/load-<model>-<device>.{json,md}.
 """
 from __future__ import annotations
@@ -52,13 +53,20 @@ class Level:
     wall: float = 0.0
     audio_done: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    server: list[float] = field(default_factory=list)  # gRPC: the server's processing + queued seconds, per call
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     capped: bool = False
 
     def summary(self) -> dict:
         lat = np.array(self.latencies) if self.latencies else np.array([np.nan])
-        return {"mode": self.mode, "clients": self.clients, "requests": self.requests, "ok": len(self.latencies),
+        paired = {}
+        if self.server:
+            srv = np.array(self.server)
+            paired = {"paired_overhead_ratio_p50": float(np.median(lat / srv)),
+                      "paired_overhead_ms_p50": float(np.median(lat - srv) * 1000),
+                      "paired_overhead_ms_p95": float(np.percentile(lat - srv, 95) * 1000)}
+        return {**paired,"mode": self.mode, "clients": self.clients, "requests": self.requests, "ok": len(self.latencies),
                 "rejected": self.rejected, "errors": len(self.errors), "error_samples": self.errors[:3],
                 "capped": self.capped, "wall_seconds": self.wall, "audio_seconds": self.audio_done,
                 "throughput_audio_s_per_s": self.audio_done / self.wall if self.wall else 0.0,
@@ -72,7 +80,8 @@ def pcm16(audio: np.ndarray) -> bytes:
 
 def drive(mode: str, clients: int, requests: int, cap: float, call, clips: list[tuple[bytes, float]]) -> Level:
     """N threads share a fixed list of `requests` calls (round-robin clips); stop starting new
-    calls after `cap` seconds. `call(pcm)` returns "ok", "rejected" or raises."""
+    calls after `cap` seconds. `call(pcm)` returns ("ok" | "rejected", the server's own seconds or None)
+    or raises."""
     level = Level(mode, clients, requests)
     lock = threading.Lock()
     todo = list(range(requests))
@@ -90,7 +99,7 @@ def drive(mode: str, clients: int, requests: int, cap: float, call, clips: list[
             pcm, seconds = clips[i % len(clips)]
             t0 = time.perf_counter()
             try:
-                outcome = call(pcm)
+                outcome, server_seconds = call(pcm)
             except Exception as e:  # noqa: BLE001 - counted and reported
                 with lock:
                     level.errors.append(f"{type(e).__name__}: {str(e)[:200]}")
@@ -102,6 +111,8 @@ def drive(mode: str, clients: int, requests: int, cap: float, call, clips: list[
                 else:
                     level.latencies.append(dt)
                     level.audio_done += seconds
+                    if server_seconds is not None:
+                        level.server.append(server_seconds)
 
     threads = [threading.Thread(target=worker, name=f"load-{i}") for i in range(clients)]
     for t in threads:
@@ -130,14 +141,14 @@ class InProcess:
 
         ticket = self.admission.admit()
         if ticket is None:
-            return "rejected"
+            return "rejected", None
         try:
             with ticket.slot(lambda: False):
                 samples = audio.from_pcm16(pcm, SR, max_seconds=self.settings.max_audio_seconds)
                 self.guard.transcribe(samples, RequestOptions(language="en"))
         finally:
             ticket.release()
-        return "ok"
+        return "ok", None
 
 
 class Server:
@@ -164,12 +175,12 @@ class Server:
         import grpc
 
         try:
-            self.client.transcribe(pcm, sample_rate=SR, language="en")
+            reply = self.client.transcribe(pcm, sample_rate=SR, language="en")
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                return "rejected"
+                return "rejected", None
             raise
-        return "ok"
+        return "ok", reply.summary.processing_seconds + reply.summary.queued_seconds
 
     def memory(self) -> dict:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -199,6 +210,7 @@ def merge(runs: list[Level]) -> dict:
     pooled = Level(runs[0].mode, runs[0].clients, sum(r.requests for r in runs))
     for r in runs:
         pooled.latencies += r.latencies
+        pooled.server += r.server
         pooled.rejected += r.rejected
         pooled.errors += r.errors
         pooled.capped |= r.capped
@@ -264,6 +276,8 @@ def report(model: str, settings, levels: list[int], results: list[dict], memory:
         "serving_overhead_p50": overhead,
         "targets": {
             "grpc_overhead_vs_inprocess_n1": overhead[levels[0]],
+            "grpc_overhead_paired_n1": by[("grpc", levels[0])].get("paired_overhead_ratio_p50"),
+            "grpc_overhead_paired_ms_n1": by[("grpc", levels[0])].get("paired_overhead_ms_p50"),
             "grpc_throughput_at_cores_vs_best_inprocess": at_cores["throughput_audio_s_per_s"] / best_inproc,
             "rejections_below_limit": sum(r["rejected"] for r in results if r["clients"] <= limit),
             "server_peak_rss_mb": memory["peak_rss_mb"],
@@ -285,7 +299,11 @@ def markdown(r: dict) -> str:
         lines.append(f"| {x['mode']} | {x['clients']} | {x['ok']} | {x['rejected']} | {x['errors']} | "
                      f"{x['throughput_audio_s_per_s']:.2f} | {x['latency_p50']:.2f} | {x['latency_p95']:.2f} | "
                      f"{x['latency_p99']:.2f} |")
-    lines += ["", f"- serving overhead at N=1 (gRPC p50 / in-process p50): {t['grpc_overhead_vs_inprocess_n1']:.3f}",
+    lines += ["", f"- serving overhead at N=1, paired per call (client latency / the server's own processing + queue "
+              f"time for that call, median): {t['grpc_overhead_paired_n1']:.3f} "
+              f"({t['grpc_overhead_paired_ms_n1']:.1f} ms)",
+              f"- serving overhead at N=1, unpaired (gRPC p50 / in-process p50, separate runs): "
+              f"{t['grpc_overhead_vs_inprocess_n1']:.3f}",
               f"- gRPC throughput at N = cores / best in-process throughput: "
               f"{t['grpc_throughput_at_cores_vs_best_inprocess']:.3f}",
               f"- rejections with N <= admission limit ({r['admission_limit']}): {t['rejections_below_limit']}",
