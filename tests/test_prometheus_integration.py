@@ -361,9 +361,7 @@ def test_container_healthcheck_sees_serving(stack):
 # ---- dashboard and rules against the real server -----------------------------------------------------
 
 
-def test_every_dashboard_query_runs(stack):
-    _, prom, _ = stack
-    dash = json.loads(DASHBOARD.read_text())
+def _empty_panels(prom, dash) -> list[str]:
     empty = []
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
@@ -374,10 +372,20 @@ def test_every_dashboard_query_runs(stack):
             assert body["status"] == "success", f"{panel['title']}: {expr}: {body.get('error')}"
             if not body["data"]["result"]:
                 empty.append(panel["title"])
-    # with real traffic these panels must show data (recording rules, errors and fallbacks may not yet)
-    for title in ("Throughput", "Request latency", "Real-time factor", "Verdict mix", "Score distribution over time",
-                  "In flight and queued", "Overload rejections", "Pods serving", "Build and models", "Errors by code"):
-        assert title not in empty, f"panel {title!r} is empty after real traffic"
+    return empty
+
+
+def test_every_dashboard_query_runs(stack):
+    _, prom, _ = stack
+    dash = json.loads(DASHBOARD.read_text())
+    # with real traffic these panels must show data (recording rules, errors and fallbacks may not yet);
+    # rate() panels need two scrapes inside their window, which a loaded machine can delay: poll
+    required = ("Throughput", "Request latency", "Real-time factor", "Verdict mix", "Score distribution over time",
+                "In flight and queued", "Overload rejections", "Pods serving", "Build and models", "Errors by code")
+    deadline = time.monotonic() + 60
+    while (missing := [t for t in required if t in _empty_panels(prom, dash)]) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert not missing, f"panels empty after real traffic: {missing}"
 
 
 def test_rules_load_and_evaluate_without_errors(stack):
@@ -397,7 +405,7 @@ def alerts_by_name(prom: Prometheus) -> dict[str, dict]:
 def test_overload_alert_goes_pending_and_down_follows_a_stopped_guard(stack):
     """Runs last: it stops the guard. 1 rejection in 8 requests is over the 1% overload ratio."""
     guard, prom, _ = stack
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # rule evaluation and scrapes slip on a loaded 2-core machine
     while "WhisperGuardOverloaded" not in (active := alerts_by_name(prom)) and time.monotonic() < deadline:
         time.sleep(0.5)
     overload = active.get("WhisperGuardOverloaded")
