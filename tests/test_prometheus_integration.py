@@ -209,6 +209,13 @@ def stack(tmp_path_factory):
     prom = None
     try:
         prom = Prometheus(tmp, f"127.0.0.1:{guard.metrics_port}")
+        # rate() only sees an increase from a sample Prometheus already holds: let it scrape the
+        # counters at 0 before the calls, or a rejection made before the first scrape never shows
+        deadline = time.monotonic() + 60
+        zero = 'whisper_guard_rejected_total{method="Transcribe",reason="overload"}'
+        while prom.value(zero) is None and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert prom.value(zero) == 0, "Prometheus never scraped the guard before the calls"
         calls = make_calls(guard)
         wait_until_scraped(prom, calls)
         yield guard, prom, calls
