@@ -19,10 +19,11 @@ demo: install  ## install, then transcribe-and-guard a bundled sample with tiny.
 
 test: install  ## the whole test suite (real model, real gRPC server, real Prometheus)
 	bash deploy/scripts/ensure-prometheus.sh
+	bash deploy/scripts/ensure-peer.sh
 	$(BIN)/python -m pytest -q
 
 serve: install
 	$(BIN)/whisper-guard serve
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-peer build *.egg-info

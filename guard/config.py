@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA (mTLS)")
     auth_tokens: list[SecretStr] = Field(default_factory=list, description="accepted bearer tokens (metadata)")
 
+    # verifying proxy (guard/proxy.py): an upstream OpenAI-compatible ASR writes, the guard verifies
+    upstream: str | None = Field(None, description="upstream base URL as an OpenAI client takes it, "
+                                                   "e.g. http://127.0.0.1:8000/v1; set = HTTP transcriptions proxy")
+    upstream_model: str | None = Field(None, description="model name sent upstream (default: the client's)")
+    upstream_token_file: Path | None = Field(None, description="file holding the upstream's bearer token")
+    upstream_timeout: float = Field(300.0, gt=0, description="seconds to wait for the upstream's answer")
+    upstream_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect (and for a pooled slot)")
+    upstream_max_connections: int = Field(16, ge=1, description="connection pool bound towards the upstream")
+    upstream_retries: int = Field(2, ge=0, le=5, description="retries of a failed connect only (never a sent request)")
+
     @field_validator("temperatures")
     @classmethod
     def _temperatures(cls, v: list[float]) -> list[float]:

@@ -36,3 +36,20 @@ def load_audio():
 
 def bench_available() -> bool:
     return (BENCH / "manifest.jsonl").is_file()
+
+
+@pytest.fixture(scope="session")
+def peer():
+    """faster-whisper-server 0.0.3 (its own venv, tests/peers.py) on loopback with the local tiny.en,
+    model loaded. CI must have it (`make test` runs deploy/scripts/ensure-peer.sh); a dev box skips."""
+    from peers import peer_available, peer_server
+
+    from guard.models import resolve
+
+    if (why := peer_available()) is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    model = resolve("tiny.en", cache=Path(os.environ.get("TMPDIR", "/tmp")) / "whisper-guard-test-cache")
+    with peer_server(model.path, warm=SPEECH) as p:
+        yield p
