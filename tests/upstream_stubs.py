@@ -100,6 +100,11 @@ def verbose(segments: list[tuple[float, float, str]], language: str = "en", dura
                          for i, (s, e, t) in enumerate(segments)]}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client that gave up: expected here
+        pass
+
+
 @contextlib.contextmanager
 def stub_upstream(behaviour: Behaviour) -> Iterator[Stub]:
     stub_ref: list[Stub] = []
@@ -120,7 +125,7 @@ def stub_upstream(behaviour: Behaviour) -> Iterator[Stub]:
                 stub.received.append(rec)
             behaviour(stub, self, rec)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _QuietServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     stub_ref.append(Stub("127.0.0.1", server.server_address[1]))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
