@@ -7,7 +7,7 @@ chosen here), every level sends a fixed number of requests and stops at a time c
 
   grpc        N client threads send unary Transcribe calls (30 s clips as raw PCM16) to the server
   in-process  N threads make the same calls on a Guard in this process, behind the server's own
-              admission control (`guard.server.Admission`, same limits), decoding the same PCM
+              admission control (`guard.serving.Admission`, same limits), decoding the same PCM
 
 Both modes run at each level in turn (grpc, in-process, then the other order at the next level),
 and the whole sweep repeats `--rounds` times, so drift on a shared host hits both; latencies are
@@ -129,7 +129,7 @@ class InProcess:
 
     def __init__(self, settings):
         from guard.pipeline import Guard
-        from guard.server import Admission
+        from guard.serving.admission import Admission
 
         self.settings = settings
         self.guard = Guard(settings)

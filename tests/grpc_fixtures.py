@@ -19,7 +19,7 @@ import numpy as np
 from guard.audio import decode_file
 from guard.config import Settings
 from guard.metrics import GuardMetrics
-from guard.server import GuardServer
+from guard.transports.grpc.server import GuardServer
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
