@@ -24,6 +24,8 @@ class Kind(str, Enum):
     deadline = "deadline"  # the caller's deadline passed; work stopped
     cancelled = "cancelled"  # the caller went away; work stopped
     internal = "internal"  # a bug; logged with the request id
+    upstream_failed = "upstream_failed"  # proxy: the upstream ASR failed or answered garbage (guard/upstream.py)
+    upstream_timeout = "upstream_timeout"  # proxy: the upstream ASR took longer than its timeout
 
 
 class GuardError(Exception):

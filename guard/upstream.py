@@ -45,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guard.errors import GuardError
+from guard.errors import GuardError, Kind
 
 KEEPALIVE_EXPIRY_S = 2.0  # idle pooled connections are dropped after this (upstreams often close at 5 s)
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a 30-min verbose_json is well under 1 MiB
@@ -58,7 +58,7 @@ SHAPING_FIELDS = frozenset({"response_format", "timestamp_granularities[]", "tim
 class UpstreamError(GuardError):
     """The upstream failed; `upstream` names it, `status` is its HTTP status when it answered."""
 
-    code = "UNAVAILABLE"  # gRPC name (pre-kinds); the HTTP adapter maps by class
+    kind = Kind.upstream_failed
     metric_kind = "unavailable"
     http_status = 502
 
@@ -81,7 +81,7 @@ class UpstreamStatus(UpstreamUnavailable):
 class UpstreamTimeout(UpstreamError):
     """The upstream took longer than its timeout (504)."""
 
-    code = "DEADLINE_EXCEEDED"
+    kind = Kind.upstream_timeout
     metric_kind = "timeout"
     http_status = 504
 
@@ -93,9 +93,10 @@ class UpstreamBadResponse(UpstreamError):
 
 
 class UpstreamConfigError(GuardError):
-    """The upstream settings cannot work (bad URL, unreadable or empty token file)."""
+    """The upstream settings cannot work (bad URL, unreadable or empty token file): raised at
+    startup (`serve` exits with the message), never for a request."""
 
-    code = "FAILED_PRECONDITION"
+    kind = Kind.internal
 
 
 class Observer(Protocol):

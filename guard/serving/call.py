@@ -36,6 +36,8 @@ class Outcome(str, Enum):
     deadline = Kind.deadline.value
     cancelled = Kind.cancelled.value
     internal = Kind.internal.value
+    upstream_failed = Kind.upstream_failed.value
+    upstream_timeout = Kind.upstream_timeout.value
 
     @classmethod
     def of(cls, kind: Kind) -> Outcome:

@@ -49,6 +49,8 @@ CANONICAL_CODE = {
     Outcome.deadline: "DEADLINE_EXCEEDED",
     Outcome.cancelled: "CANCELLED",
     Outcome.internal: "INTERNAL",
+    Outcome.upstream_failed: "UNAVAILABLE",
+    Outcome.upstream_timeout: "DEADLINE_EXCEEDED",
 }
 
 

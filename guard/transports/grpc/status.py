@@ -19,6 +19,8 @@ STATUS = {
     Outcome.deadline: grpc.StatusCode.DEADLINE_EXCEEDED,
     Outcome.cancelled: grpc.StatusCode.CANCELLED,
     Outcome.internal: grpc.StatusCode.INTERNAL,
+    Outcome.upstream_failed: grpc.StatusCode.UNAVAILABLE,
+    Outcome.upstream_timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
