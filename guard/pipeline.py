@@ -288,8 +288,12 @@ class StreamSession:
 
     def __init__(self, guard: Guard, bundle: Bundle, options: RequestOptions, policy: Policy):
         self.guard, self.bundle, self.policy, self.options = guard, bundle, policy, options
-        self.asr_options = bundle.transcriber.options(beam_size=options.beam_size, language=options.language)
+        self.asr_options = bundle.transcriber.options(
+            beam_size=options.beam_size, language=options.language,
+            temperatures=[options.temperature] if options.temperature else None)
         self.state = DecodeState()
+        if options.prompt and options.prompt.strip():  # as faster-whisper's initial_prompt: previous text
+            self.state.all_tokens.extend(bundle.transcriber.tokenizer(options.language).encode(" " + options.prompt.strip()))
         self.chunks: list[np.ndarray] = []
         self.buffered = 0  # samples in chunks
         self.offset = 0  # absolute index of the first buffered sample

@@ -27,6 +27,8 @@ class RequestOptions(BaseModel):
     flag_threshold: float | None = Field(None, ge=0, le=1)
     suppress_threshold: float | None = Field(None, ge=0, le=1)
     return_features: bool = False
+    prompt: str | None = Field(None, max_length=4000)  # faster-whisper's initial_prompt
+    temperature: float | None = Field(None, gt=0, le=1)  # one sampling temperature instead of the ladder
 
 
 class TranscriptSegment(BaseModel):
