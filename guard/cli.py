@@ -14,7 +14,7 @@ from guard.results import GuardResult, RequestOptions, TranscriptSegment
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="tiny.en (default), base, or a CTranslate2 Whisper directory")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: CUDA when present)")
     p.add_argument("--compute-type", help="CTranslate2 compute type (default: int8 on cpu, float16 on cuda)")
     p.add_argument("--calibration", type=Path, help="calibration JSON from `whisper-guard calibrate`")
 
