@@ -319,3 +319,14 @@ def _check_limit(max_seconds: float) -> None:
     if not isinstance(max_seconds, numbers.Real) or isinstance(max_seconds, bool) or math.isnan(max_seconds) \
             or max_seconds <= 0:
         raise ValueError(f"max_seconds must be a positive number; got {max_seconds!r}")
+
+
+if __name__ == "__main__":  # `python -m guard.audio FILE > FILE.pcm`: 16 kHz mono PCM16 of any audio file
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m guard.audio FILE > FILE.pcm   (16 kHz mono little-endian PCM16 on stdout)")
+    try:
+        sys.stdout.buffer.write(to_pcm16(decode_file(sys.argv[1], max_seconds=24 * 3600)))
+    except (AudioError, OSError) as e:
+        sys.exit(f"python -m guard.audio: {getattr(e, 'message', e)}")
