@@ -12,14 +12,17 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# (the uninstall: this distribution was called whisper-guard before; an old venv still lists it)
+# (the uninstall and rm: this distribution was called whisper-guard before; an old venv or checkout
+# still lists it)
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	-$(BIN)/pip uninstall -q -y whisper-guard 2>/dev/null
+	rm -rf whisper_guard.egg-info
 	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	-$(BIN)/pip uninstall -q -y whisper-guard 2>/dev/null
+	rm -rf whisper_guard.egg-info
 	$(BIN)/pip install -q -e '.[test,base]'
 	touch $@ $(VENV)/.demo-installed
 

@@ -34,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import is_speech_text
 from grpc_fixtures import SPEECH, SPEECH_TEXT, pcm16, running_server, sample_value, wav_bytes
 from guard.client import GuardClient
 from guard.grpc_gen import guard_pb2 as pb
@@ -380,7 +381,7 @@ def test_verify_any_transcript_options_and_audio(server, channel, options, audio
         assert len(response.segments) == len(segments)
         timed = segments[0].HasField("start_seconds")
         ordered = sorted(segments, key=lambda s: s.start_seconds) if timed else segments
-        assert [s.text for s in response.segments] == [" " + s.text.strip() for s in ordered]
+        assert [s.text for s in response.segments] == [s.text.strip() for s in ordered]
         check_segments(server, options, response.segments, response.text)
 
 
@@ -530,8 +531,8 @@ def test_server_is_unharmed(server):
     assert sample_value(server, "whisper_guard_requests_total", method="Transcribe", code="INVALID_ARGUMENT") > 50
     with GuardClient(server.address, timeout=60) as c:
         assert c.health() == "SERVING"
-        assert c.transcribe(SPEECH).text == SPEECH_TEXT
-        assert c.transcribe(pcm16(SPEECH), sample_rate=16000).text == SPEECH_TEXT
+        assert is_speech_text(c.transcribe(SPEECH).text)
+        assert is_speech_text(c.transcribe(pcm16(SPEECH), sample_rate=16000).text)
 
 
 # ---- coverage-guided harnesses: short runs ------------------------------------------------------------------
