@@ -143,6 +143,7 @@ class Guard:
                cancel: Cancel = None) -> GuardResult:
         bundle = self.bundle(options.model)
         policy = self.policy(bundle, options)
+        bundle.transcriber.options(beam_size=options.beam_size, language=options.language)  # transcribe's checks
         timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
         windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
         scored: list[ScoredSegment] = []

@@ -169,4 +169,8 @@ def test_call_stream_gives_exactly_the_unary_result_and_json_keeps_every_field(g
     assert len(unary["segments"]) >= 2
     assert [{k: s[k] for k in keys} for s in streamed] == [{k: s[k] for k in keys} for s in unary["segments"]]
     assert summary["text"] == unary["text"]
+    # over gRPC too: no leading space, the response text the kept segments one space apart
+    assert all(s["text"] and s["text"] == s["text"].strip() for s in unary["segments"])
+    assert unary["text"] == " ".join(s["text"] for s in unary["segments"] if s["verdict"] != "VERDICT_SUPPRESS")
+    assert all(s["endSeconds"] <= unary["summary"]["audioSeconds"] for s in unary["segments"])
     assert summary["summary"]["audioSeconds"] == unary["summary"]["audioSeconds"]

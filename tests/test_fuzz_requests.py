@@ -286,7 +286,8 @@ def check_segments(server, o: pb.Options, segments, text: str) -> None:
             expected = pb.VERDICT_FLAG if s.score >= flag_t else pb.VERDICT_PASS
         assert s.verdict == expected, (mode, s.score, flag_t, sup_t, s.verdict)
         assert bool(s.features) == bool(o.return_features)
-    assert text == "".join(s.text for s in segments if s.verdict != pb.VERDICT_SUPPRESS).strip()
+    assert all(s.text == s.text.strip() for s in segments)  # no leading space (Whisper's is stripped)
+    assert text == " ".join(s.text for s in segments if s.verdict != pb.VERDICT_SUPPRESS and s.text)
 
 
 # ---- Transcribe ------------------------------------------------------------------------------------------

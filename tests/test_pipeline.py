@@ -109,6 +109,9 @@ def test_bad_options_are_typed_errors(guard, load_audio):
         guard.transcribe(audio, RequestOptions(model="large-v3"))
     with pytest.raises(OptionsError, match="English-only"):
         guard.transcribe(audio, RequestOptions(language="fr"))
+    for language in ("fr", "EN"):  # verify checks the language as transcribe does (it used to accept any)
+        with pytest.raises(OptionsError, match="English-only"):
+            guard.verify(audio, [TranscriptSegment(text="hello there")], RequestOptions(language=language))
     with pytest.raises(ValidationError):
         RequestOptions(flag_threshold=1.5)
     with pytest.raises(ValidationError):
