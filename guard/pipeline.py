@@ -155,6 +155,7 @@ class Guard:
         audio, decoded = _decode(audio)
         bundle = self.bundle(options.model)
         policy = self.policy(bundle, options)
+        bundle.transcriber.options(beam_size=options.beam_size, language=options.language)  # transcribe's checks
         timings = {**decoded, **dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)}
         windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
         scored: list[ScoredSegment] = []
@@ -198,9 +199,10 @@ class Guard:
             window.no_speech_prob = float(np.exp(cache_lp[1]))
             window.compression_ratio = float(get_compression_ratio(tokenizer.decode(tokens).strip()))
             for seg, (lo, hi) in zip(segs, spans):
-                s_start = seg.start if timed else first / SAMPLE_RATE
-                s_end = seg.end if timed else (first + len(window_audio)) / SAMPLE_RATE
-                window.segments.append(Segment(index, w, float(s_start), float(s_end), " " + seg.text.strip(),
+                audio_end = (first + len(window_audio)) / SAMPLE_RATE  # times never run past the audio
+                s_end = min(seg.end, audio_end) if timed else audio_end
+                s_start = min(seg.start, s_end) if timed else first / SAMPLE_RATE
+                window.segments.append(Segment(index, w, float(s_start), float(s_end), seg.text.strip(),
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
@@ -288,8 +290,12 @@ class StreamSession:
 
     def __init__(self, guard: Guard, bundle: Bundle, options: RequestOptions, policy: Policy):
         self.guard, self.bundle, self.policy, self.options = guard, bundle, policy, options
-        self.asr_options = bundle.transcriber.options(beam_size=options.beam_size, language=options.language)
+        self.asr_options = bundle.transcriber.options(
+            beam_size=options.beam_size, language=options.language,
+            temperatures=[options.temperature] if options.temperature else None)
         self.state = DecodeState()
+        if options.prompt and options.prompt.strip():  # as faster-whisper's initial_prompt: previous text
+            self.state.all_tokens.extend(bundle.transcriber.tokenizer(options.language).encode(" " + options.prompt.strip()))
         self.chunks: list[np.ndarray] = []
         self.buffered = 0  # samples in chunks
         self.offset = 0  # absolute index of the first buffered sample

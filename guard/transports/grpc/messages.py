@@ -4,6 +4,7 @@ from __future__ import annotations
 from guard.config import PolicyMode
 from guard.errors import AudioError, OptionsError, TranscriptError
 from guard.grpc_gen import guard_pb2 as pb
+from guard import results
 from guard.intake import AudioSource, EncodedAudio, RawPcm
 from guard.results import GuardResult, RequestOptions, ScoredSegment, TranscriptSegment, Verdict
 from guard.serving.options import request_options, transcript_segment
@@ -72,7 +73,7 @@ def segment_to_pb(s: ScoredSegment, with_features: bool) -> pb.Segment:
 
 def kept_text(segments: list[ScoredSegment]) -> str:
     """The transcript without suppressed segments (the same rule as GuardResult.text)."""
-    return "".join(s.segment.text for s in segments if s.verdict is not Verdict.suppress).strip()
+    return results.kept_text(segments)
 
 
 def summary_to_pb(result: GuardResult, segments: list[ScoredSegment], processing: float, queued: float) -> pb.Summary:
