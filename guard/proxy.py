@@ -70,8 +70,7 @@ def verifiable(segments: Sequence[UpstreamSegment], duration: float) -> list[tup
 class VerifyingProxy:
     """An `UpstreamClient` plus the guard that verifies what it returns."""
 
-    def __init__(self, guard, client: UpstreamClient, on_unverifiable: Callable[[], None] | None = None):
-        self.guard = guard
+    def __init__(self, client: UpstreamClient, on_unverifiable: Callable[[], None] | None = None):
         self.client = client
         self._on_unverifiable = on_unverifiable
 
@@ -83,18 +82,19 @@ class VerifyingProxy:
                 timeout: float | None = None) -> UpstreamTranscript:
         return self.client.transcribe(audio, fields, timeout=timeout)
 
-    def verify(self, samples: np.ndarray, upstream: UpstreamTranscript, options: RequestOptions,
+    def verify(self, guard, samples: np.ndarray, upstream: UpstreamTranscript, options: RequestOptions,
                cancel: Callable[[], bool] | None = None) -> ProxyResult:
+        """Score the upstream's segments with `guard` (a loaded `guard.pipeline.Guard`)."""
         duration = len(samples) / SAMPLE_RATE
         todo = verifiable(upstream.segments, duration)
         if not todo:
-            bundle = self.guard.bundle(options.model)
-            policy = self.guard.policy(bundle, options)
+            bundle = guard.bundle(options.model)
+            policy = guard.policy(bundle, options)
             empty = GuardResult([], bundle.name, options.language or "en", duration, policy.mode,
                                 dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0))
-            return ProxyResult(empty, upstream)
+            return self._done(empty, upstream)
         try:
-            result = self.guard.verify(samples, [seg for _, seg in todo], options, cancel)
+            result = guard.verify(samples, [seg for _, seg in todo], options, cancel)
         except TranscriptError as e:
             if self._on_unverifiable is not None:
                 self._on_unverifiable()
@@ -108,4 +108,11 @@ class VerifyingProxy:
                 scored.segment = dataclasses.replace(
                     scored.segment, text=u.text, start=scored.segment.start if u.start is None else u.start,
                     end=scored.segment.end if u.end is None else u.end)
-        return ProxyResult(result, upstream)
+        return self._done(result, upstream)
+
+    @staticmethod
+    def _done(result: GuardResult, upstream: UpstreamTranscript) -> ProxyResult:
+        out = ProxyResult(result, upstream)
+        result.source = out.source
+        result.timings = {"upstream": upstream.seconds, **result.timings}
+        return out

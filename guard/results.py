@@ -81,6 +81,7 @@ class GuardResult:
     audio_seconds: float
     policy: PolicyMode
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    source: dict | None = None  # where the text came from when not this guard (proxy: the upstream)
 
     @property
     def text(self) -> str:

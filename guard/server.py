@@ -108,7 +108,14 @@ def serve(settings: Settings) -> int:
         if settings.http_address:
             from guard.transports.http.server import HttpServer
 
-            servers.append(HttpServer(settings, serving))
+            proxy = {}
+            if settings.upstream:  # the transcriptions endpoint becomes a verifying proxy
+                from guard.transports.http.proxy import proxy_mode
+
+                proxy = {"transcribe": proxy_mode(settings, metrics)}
+            servers.append(HttpServer(settings, serving, **proxy))
+        elif settings.upstream:
+            raise ServeError("--upstream makes the HTTP transcriptions endpoint a proxy: give --http-address too")
         metrics_server = start_metrics_server(metrics, settings.metrics_address) if settings.metrics_address else None
     except (ServeError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)

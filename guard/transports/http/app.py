@@ -219,13 +219,14 @@ def create_app(serving: Serving, *, transcribe: TranscribeFn = guard_transcribe)
             result = transcribe(serving, c, form, None)
             rendered["body"] = formats.render(form.response_format, result, c.processing(), c.queued,
                                               form.granularities, form.options.return_features)
+            rendered["source"] = formats.source_headers(result)
             return result, True
 
         await run_unary(call, watch, work)
         if call.outcome is not Outcome.ok:
             return outcome_response(call.outcome, call.message, call.request_id)
         body, media = rendered["body"]
-        return Response(body, media_type=media, headers={REQUEST_ID_KEY: call.request_id})
+        return Response(body, media_type=media, headers={REQUEST_ID_KEY: call.request_id, **rendered["source"]})
 
     async def verify(request: Request) -> Response:
         call, watch = await begin(request, "Verify")

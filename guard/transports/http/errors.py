@@ -27,6 +27,8 @@ STATUS = {
     Outcome.deadline: (504, "timeout_error", "deadline_exceeded"),
     Outcome.cancelled: (499, "invalid_request_error", "cancelled"),  # nobody is left to read it
     Outcome.internal: (500, "server_error", "internal_error"),
+    Outcome.upstream_failed: (502, "server_error", "upstream_failed"),  # proxy: the upstream ASR failed
+    Outcome.upstream_timeout: (504, "timeout_error", "upstream_timeout"),  # proxy: the upstream took too long
 }
 
 

@@ -46,7 +46,27 @@ def summary(result: GuardResult, processing: float, queued: float) -> dict:
             "segments": len(segs), "flagged": sum(1 for s in segs if s.verdict is Verdict.flag),
             "suppressed": sum(1 for s in segs if s.verdict is Verdict.suppress),
             "processing_seconds": round(processing, 4), "queued_seconds": round(queued, 4),
-            "timings": {k: round(v, 4) for k, v in result.timings.items()}}
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            **({"source": result.source} if result.source else {})}
+
+
+SOURCE_HEADER = "x-whisper-guard-upstream"  # proxy mode: the upstream's base URL (no credentials)
+SOURCE_MODEL_HEADER = "x-whisper-guard-upstream-model"
+
+
+def source_headers(result: GuardResult | None) -> dict[str, str]:
+    """Headers naming where the text came from, when not this guard (the proxy's upstream)."""
+    source = result.source if result is not None else None
+    if not source or source.get("kind") != "upstream":
+        return {}
+    headers = {SOURCE_HEADER: _latin1(source["upstream"])}
+    if source.get("model"):
+        headers[SOURCE_MODEL_HEADER] = _latin1(source["model"])
+    return headers
+
+
+def _latin1(value: str) -> str:
+    return "".join(c for c in str(value) if 32 <= ord(c) < 127)[:200]
 
 
 def words_json(result: GuardResult) -> list[dict]:

@@ -75,6 +75,7 @@ class TranscriptionForm:
     response_format: ResponseFormat
     granularities: list[str]
     stream: bool
+    sent: dict = dataclasses.field(default_factory=dict)  # the text fields as sent (the proxy forwards them)
 
 
 @dataclasses.dataclass
@@ -173,7 +174,7 @@ def transcription_form(parts: list[Part], served: dict[str, str]) -> Transcripti
         extra["temperature"] = f.temperature
     options = _options(f, served, extra)
     return TranscriptionForm(_audio(file), file.filename, f.model, options, f.response_format,
-                             list(dict.fromkeys(f.timestamp_granularities or ["segment"])), f.stream)
+                             list(dict.fromkeys(f.timestamp_granularities or ["segment"])), f.stream, fields)
 
 
 def parse_transcript(text: str) -> list[TranscriptSegment]:
