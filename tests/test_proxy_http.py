@@ -3,48 +3,27 @@ a real upstream on loopback (faster-whisper-server 0.0.3, tests/peers.py), or a 
 server that is down, slow, or answers garbage (tests/upstream_stubs.py)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 from conftest import LONG, MUSIC, SPEECH, SPEECH_TEXT
+from proxy_fixtures import running_proxy
 from upstream_stubs import answer, answer_json, closed_port, stub_upstream, verbose
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from guard.config import Settings
-from guard.metrics import GuardMetrics
-from guard.serving.core import Serving
-from guard.transports.http.proxy import proxy_mode
-from guard.transports.http.server import HttpServer
 
 norm = EnglishTextNormalizer()
 SUPPRESS = {"guard_policy": "suppress"}
 
 
-@contextlib.contextmanager
-def running_proxy(guard, upstream: str, **overrides) -> Iterator[HttpServer]:
-    """The guard's HTTP server in proxy mode (what `serve --http-address --upstream` builds), on
-    127.0.0.1, around the session's Guard."""
-    settings = Settings(**{"address": "127.0.0.1:0", "http_address": "127.0.0.1:0", "metrics_address": "",
-                           "upstream": upstream, **overrides})
-    metrics = GuardMetrics()
-    serving = Serving(settings, metrics)
-    server = HttpServer(settings, serving, guard=guard, transcribe=proxy_mode(settings, metrics)).start()
-    try:
-        yield server
-    finally:
-        server.stop(0)
-
-
-def sdk(server: HttpServer, **kw) -> openai.OpenAI:
+def sdk(server, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=kw.pop("timeout", 300),
                          **kw)
 
@@ -54,7 +33,7 @@ def transcribe(client: openai.OpenAI, path, **kw):
         return client.audio.transcriptions.with_raw_response.create(file=f, model="whisper-1", **kw)
 
 
-def metric(server: HttpServer, name: str, **labels) -> float:
+def metric(server, name: str, **labels) -> float:
     return server.serving.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
