@@ -163,6 +163,7 @@ def run(args) -> dict:
             call(guarded, clips[0])  # warm both paths once (not measured)
             call(direct, clips[0])
             t_start = time.monotonic()
+            load_before = os.getloadavg()
             k = 0
             for rnd in range(args.rounds):
                 for clip in clips:
@@ -183,6 +184,7 @@ def run(args) -> dict:
                             row["guard_beyond_upstream"].append(wall - up)
                 print(f"round {rnd + 1}/{args.rounds} done ({time.monotonic() - t_start:.0f} s)", flush=True)
             guard_mem = guard.memory()
+            guard_mem["host_load_avg"] = [round(x, 1) for x in (*load_before, *os.getloadavg())]
             peer_mem = memory(peer.process.pid)
         finally:
             guard.stop()
@@ -236,6 +238,9 @@ def markdown(r: dict) -> str:
              "the others had segments suppressed (see the table).",
              f"- Guard process memory: peak RSS {o['guard_memory']['peak_rss_mb']:.0f} MB, RSS after the run "
              f"{o['guard_memory']['rss_mb']:.0f} MB (upstream: peak {o['upstream_memory']['peak_rss_mb']:.0f} MB).",
+             *([f"- Host load average (1, 5, 15 min) before and after: {o['guard_memory']['host_load_avg']} on "
+                f"{r['host']['cpus']} CPUs: absolute times scale with it; the paired differences and ratios less so."]
+               if "host_load_avg" in o["guard_memory"] else []),
              "", "| clip | class | audio s | direct p50 s | guard p50 s | added s | added ms per audio s | "
              "guard beyond upstream s | ratio | suppressed | text unchanged |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -259,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     report = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"proxy-{args.model}-{report['device']}{args.suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem = f"proxy-{args.model}-{report['device']}{args.suffix}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
     md = markdown(report)
-    stem.with_suffix(".md").write_text(md)
+    (RESULTS / f"{stem}.md").write_text(md)
     print(md)
-    print(f"wrote {stem}.json and {stem}.md")
+    print(f"wrote {RESULTS / stem}.json and .md")
     return 0
 
 
