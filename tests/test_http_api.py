@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from conftest import is_speech_text
 from grpc_fixtures import NONSPEECH, SPEECH, SPEECH_TEXT, SPEECH_THEN_MUSIC, pcm16, wav_bytes
 from guard.transports.http.forms import WORDS_AVAILABLE
 from http_fixtures import running_http, sample_value, sdk
@@ -47,7 +48,7 @@ def _create(client, path=SPEECH, **kw):
 
 def test_json(client):
     r = _create(client)
-    assert words(r.text) == words(SPEECH_TEXT)
+    assert is_speech_text(r.text)
     guard = r.model_extra["guard"]
     assert guard["model"] == "tiny.en" and guard["segments"] >= 1 and guard["suppressed"] == 0
     assert all(0 <= m["score"] <= 1 and m["verdict"] in ("pass", "flag", "suppress") for m in guard["marks"])
@@ -56,7 +57,7 @@ def test_json(client):
 
 def test_text(client):
     r = _create(client, response_format="text")
-    assert isinstance(r, str) and words(r) == words(SPEECH_TEXT)
+    assert isinstance(r, str) and is_speech_text(r)
 
 
 def _cues(body: str, sep: str) -> list[tuple[float, float, str]]:
@@ -74,24 +75,24 @@ def test_srt(client):
     body = _create(client, response_format="srt")
     cues = _cues(body, ",")
     assert cues and body.startswith("1\n")
-    assert words(" ".join(c[2] for c in cues)) == words(SPEECH_TEXT)
-    assert all(0 <= s < e <= SPEECH_SECONDS + 1.0 for s, e, _ in cues)
+    assert is_speech_text(" ".join(c[2] for c in cues))
+    assert all(0 <= s <= e <= SPEECH_SECONDS + 0.05 for s, e, _ in cues)
 
 
 def test_vtt(client):
     body = _create(client, response_format="vtt")
     assert body.startswith("WEBVTT\n\n")
     cues = _cues(body, ".")
-    assert cues and words(" ".join(c[2] for c in cues)) == words(SPEECH_TEXT)
+    assert cues and is_speech_text(" ".join(c[2] for c in cues))
 
 
 def test_verbose_json_has_openais_segment_fields_and_a_guard_object(client):
     r = _create(client, response_format="verbose_json", timestamp_granularities=["segment"])
     assert r.language == "english" and r.duration == pytest.approx(SPEECH_SECONDS, abs=0.1)
-    assert words(r.text) == words(SPEECH_TEXT) and r.segments
+    assert is_speech_text(r.text) and r.segments
     for s in r.segments:  # the SDK's TranscriptionSegment parsed every field
         assert isinstance(s.id, int) and isinstance(s.seek, int) and s.seek >= 0
-        assert 0 <= s.start < s.end <= SPEECH_SECONDS + 1.0
+        assert 0 <= s.start <= s.end <= SPEECH_SECONDS + 0.05
         assert s.tokens and all(isinstance(t, int) for t in s.tokens)
         assert s.temperature == 0.0 and s.avg_logprob < 0 and 0 <= s.no_speech_prob <= 1 and s.compression_ratio > 0
         guard = s.model_extra["guard"]
@@ -122,10 +123,10 @@ def test_streaming_events_as_the_sdk_types_them(client):
     assert deltas and len(segments) >= len(deltas)
     assert isinstance(events[0], openai.types.audio.TranscriptionTextDeltaEvent)
     assert isinstance(segments[0], openai.types.audio.TranscriptionTextSegmentEvent)
-    assert all(0 <= s.start < s.end <= 37 for s in segments)
+    assert all(0 <= s.start <= s.end <= 36.1 for s in segments)
     assert [s.start for s in segments] == sorted(s.start for s in segments)
     done = events[-1]
-    assert words(done.text) == words("".join(d.delta for d in deltas))
+    assert done.text == "".join(d.delta for d in deltas)  # deltas concatenate to the final text
     whole = _create(client, path=SPEECH_THEN_MUSIC)  # the stream transcribes what a plain call does
     assert words(done.text) == words(whole.text)
 
@@ -145,7 +146,7 @@ def test_suppress_leaves_text_srt_vtt_out_and_keeps_json_marked(client):
     assert _cues(_create(client, response_format="vtt", **kw), ".") == []
     v = _create(client, response_format="verbose_json", **kw)
     assert v.text == "" and v.segments and all(s.model_extra["guard"]["verdict"] == "suppress" for s in v.segments)
-    assert words(" ".join(s.text for s in v.segments)) == words(SPEECH_TEXT)  # kept, marked
+    assert is_speech_text(" ".join(s.text for s in v.segments))  # kept, marked
     j = _create(client, **kw)
     assert j.text == "" and j.model_extra["guard"]["suppressed"] == len(j.model_extra["guard"]["marks"]) >= 1
     assert _create(client).text  # the server default (flag) is untouched by the previous requests
@@ -187,7 +188,7 @@ def test_404_unknown_model_and_known_aliases(client, guard):
     assert info.value.body["code"] == "model_not_found" and "tiny.en" in info.value.body["message"]
     for alias in ("whisper-1", "tiny.en", "Systran/faster-whisper-tiny.en",
                   str(guard.bundles["tiny.en"].resolved.path)):
-        assert words(_create(client, model=alias).text) == words(SPEECH_TEXT), alias
+        assert is_speech_text(_create(client, model=alias).text), alias
     assert [m.id for m in client.models.list()] == ["tiny.en"]
     assert client.models.retrieve("tiny.en").id == "tiny.en"
     with pytest.raises(openai.NotFoundError):
@@ -200,7 +201,7 @@ def test_401_missing_or_wrong_token(guard):
             _create(sdk(srv, api_key="wrong"))
         assert info.value.body["code"] == "invalid_api_key" and "not accepted" in info.value.body["message"]
         assert info.value.response.headers["www-authenticate"].startswith("Bearer")
-        assert words(_create(sdk(srv, api_key="tok-two-c2e1")).text) == words(SPEECH_TEXT)
+        assert is_speech_text(_create(sdk(srv, api_key="tok-two-c2e1")).text)
         r = httpx.get(srv.url + "/v1/models")
         assert r.status_code == 401 and "missing credentials" in r.json()["error"]["message"]
         assert httpx.get(srv.url + "/readyz").status_code == 200  # probes need no token
@@ -227,7 +228,7 @@ def test_413_declared_too_large_is_refused_before_the_body_is_read(guard):
                        headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=60)
         assert r.status_code == 413, r.text
         assert r.json()["error"]["code"] == "request_too_large" and r.headers["x-request-id"]
-        assert words(_create(sdk(srv)).text) == words(SPEECH_TEXT)  # within the cap: served
+        assert is_speech_text(_create(sdk(srv)).text)  # within the cap: served
 
 
 def test_429_with_retry_after_when_every_place_is_taken(guard):
@@ -281,7 +282,7 @@ def test_verify_plain_text_and_verbose_json_segments(server):
     r = httpx.post(url, files={"file": ("s.flac", audio)}, data={"transcript": SPEECH_TEXT}, timeout=120)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["task"] == "verify" and words(body["text"]) == words(SPEECH_TEXT)
+    assert body["task"] == "verify" and is_speech_text(body["text"])
     assert len(body["segments"]) == 1 and body["segments"][0]["guard"]["verdict"] == "pass"
     made_up = {"segments": [{"text": "That agent is already logged on.", "start": 0.0, "end": 2.5},
                             {"text": "Thanks for watching and subscribe to my channel!", "start": 2.5, "end": 5.5}]}
@@ -309,14 +310,14 @@ def _curl(*args: str) -> tuple[int, str]:
 def test_curl_multipart(server):
     url = server.url + "/v1/audio/transcriptions"
     code, body = _curl("-F", f"file=@{SPEECH}", "-F", "model=whisper-1", "-F", "response_format=text", url)
-    assert code == 200 and words(body) == words(SPEECH_TEXT)
+    assert code == 200 and is_speech_text(body)
     code, body = _curl("-F", f"file=@{SPEECH}", "-F", "response_format=verbose_json",
                        "-F", "timestamp_granularities[]=segment", url)
     assert code == 200 and json.loads(body)["segments"]
     code, body = _curl("-F", f"file=@{SPEECH}", "-F", "stream=true", url)
     assert code == 200
     events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
-    assert events[-1]["type"] == "transcript.text.done" and words(events[-1]["text"]) == words(SPEECH_TEXT)
+    assert events[-1]["type"] == "transcript.text.done" and is_speech_text(events[-1]["text"])
     code, body = _curl("-F", "model=whisper-1", url)
     assert code == 400 and json.loads(body)["error"]["param"] == "file"
     code, body = _curl("-d", "file=x", url)
@@ -350,7 +351,7 @@ def test_503_while_loading_then_ready(guard):
         release.set()
         assert serving.loaded.wait(30)
         assert httpx.get(srv.url + "/readyz").status_code == 200
-        assert words(_create(sdk(srv)).text) == words(SPEECH_TEXT)
+        assert is_speech_text(_create(sdk(srv)).text)
     finally:
         release.set()
         srv.stop(0)
@@ -411,7 +412,7 @@ def test_readme_sdk_snippet_and_curl_lines_run_against_a_real_server(server, cap
         os.chdir(cwd)
     lines = out.getvalue().splitlines()
     assert lines and all(re.match(r"^\s*\d+\.\d\d-\s*\d+\.\d\d (pass|flag|suppress)\s+ ", ln) for ln in lines), lines
-    assert words(" ".join(lines)) [-3:] == words(SPEECH_TEXT)[-3:]
+    assert is_speech_text(" ".join(ln.split(None, 2)[-1] for ln in lines))
     shell = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     curls = [ln.strip() for ln in shell.splitlines() if ln.strip().startswith("curl ")]
     assert len(curls) == 3
@@ -449,7 +450,7 @@ def test_prompt_and_temperature_reach_the_decoder(client, guard):
     assert guard.open_stream(RequestOptions()).asr_options.temperatures == list(guard.settings.temperatures)
     plain = _create(client, response_format="verbose_json")
     prompted = _create(client, response_format="verbose_json", prompt="Agent log in.")
-    assert words(prompted.text)[:2] == words(SPEECH_TEXT)[:2]
+    assert is_speech_text(prompted.text, min_ratio=0.7)
     hot = _create(client, response_format="verbose_json", temperature=0.7)
     assert all(s.temperature == pytest.approx(0.7) for s in hot.segments)
     assert all(s.temperature == 0.0 for s in plain.segments)

@@ -66,6 +66,7 @@ class Call:
     is_active: Callable[[], bool] = _always_active  # False once the client went away
     started: float = dataclasses.field(default_factory=time.monotonic)
     queued: float = 0.0
+    inference: float = 0.0  # seconds inside pipeline work (holding a slot): the in-process cost
     ticket: object | None = None  # the admission place while the call holds one
     outcome: Outcome | None = None
     message: str = ""

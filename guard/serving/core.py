@@ -201,7 +201,11 @@ class Serving:
             guard = self.guard
             if guard is None:  # pragma: no cover - admit checked
                 raise Unavailable("the model is not loaded")
-            return work(guard, call.cancelled)
+            t0 = time.monotonic()
+            try:
+                return work(guard, call.cancelled)
+            finally:
+                call.inference += time.monotonic() - t0
 
     def unary(self, call: Call, work: Callable[[Call], tuple[GuardResult, T]],
               check: Callable[[], None] | None = None) -> T | None:

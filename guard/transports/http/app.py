@@ -218,7 +218,7 @@ def create_app(serving: Serving, *, transcribe: TranscribeFn = guard_transcribe)
         def work(c: Call):
             result = transcribe(serving, c, form, None)
             rendered["body"] = formats.render(form.response_format, result, c.processing(), c.queued,
-                                              form.granularities, form.options.return_features)
+                                              form.granularities, form.options.return_features, c.inference)
             rendered["source"] = formats.source_headers(result)
             return result, True
 
@@ -238,7 +238,7 @@ def create_app(serving: Serving, *, transcribe: TranscribeFn = guard_transcribe)
         def work(c: Call):
             source = EncodedAudio(form.audio, settings.max_audio_seconds)
             result = serving.infer(c, lambda guard, cancel: guard.verify(source, form.transcript, form.options, cancel))
-            body = formats.verbose(result, c.processing(), c.queued, ["segment"], task="verify")
+            body = formats.verbose(result, c.processing(), c.queued, ["segment"], task="verify", inference=c.inference)
             out["body"] = body if form.verbose else {"text": body["text"], "guard": body["guard"]}
             return result, True
 
@@ -324,8 +324,12 @@ class _EventStream(Response):
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (REQUEST_ID_KEY.encode(), call.request_id.encode())]})
 
+        first = True
+
         async def events_of(segments: list[ScoredSegment]) -> None:
-            body = b"".join(formats.sse(e) for e in formats.segment_events(segments))
+            nonlocal first
+            events, first = formats.segment_events(segments, first)
+            body = b"".join(formats.sse(e) for e in events)
             if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
 

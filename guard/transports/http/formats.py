@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from guard import results
 from guard.results import GuardResult, ScoredSegment, Verdict
 from guard.transports.http.forms import ResponseFormat
 
@@ -19,7 +20,7 @@ def kept(segments: list[ScoredSegment]) -> list[ScoredSegment]:
 
 
 def kept_text(segments: list[ScoredSegment]) -> str:
-    return "".join(s.segment.text for s in kept(segments)).strip()
+    return results.kept_text(segments)
 
 
 def guard_of(s: ScoredSegment, with_features: bool = False) -> dict:
@@ -40,14 +41,18 @@ def segment_json(s: ScoredSegment, seek: int, with_features: bool = False) -> di
             "no_speech_prob": float(seg.no_speech_prob), "guard": guard_of(s, with_features)}
 
 
-def summary(result: GuardResult, processing: float, queued: float) -> dict:
+def summary(result: GuardResult, processing: float, queued: float, inference: float | None = None) -> dict:
     segs = result.segments
-    return {"model": result.model, "policy": str(getattr(result.policy, "value", result.policy)),
-            "segments": len(segs), "flagged": sum(1 for s in segs if s.verdict is Verdict.flag),
-            "suppressed": sum(1 for s in segs if s.verdict is Verdict.suppress),
-            "processing_seconds": round(processing, 4), "queued_seconds": round(queued, 4),
-            "timings": {k: round(v, 4) for k, v in result.timings.items()},
-            **({"source": result.source} if result.source else {})}
+    out = {"model": result.model, "policy": str(getattr(result.policy, "value", result.policy)),
+           "segments": len(segs), "flagged": sum(1 for s in segs if s.verdict is Verdict.flag),
+           "suppressed": sum(1 for s in segs if s.verdict is Verdict.suppress),
+           "processing_seconds": round(processing, 4), "queued_seconds": round(queued, 4),
+           "timings": {k: round(v, 4) for k, v in result.timings.items()}}
+    if inference is not None:  # wall time inside the pipeline: what the same call costs in-process
+        out["inference_seconds"] = round(inference, 4)
+    if result.source:  # where the text came from when not this guard (proxy mode: the upstream)
+        out["source"] = result.source
+    return out
 
 
 SOURCE_HEADER = "x-whisper-guard-upstream"  # proxy mode: the upstream's base URL (no credentials)
@@ -81,13 +86,13 @@ def words_json(result: GuardResult) -> list[dict]:
 
 
 def verbose(result: GuardResult, processing: float, queued: float, granularities: list[str],
-            task: str = "transcribe", with_features: bool = False) -> dict:
+            task: str = "transcribe", with_features: bool = False, inference: float | None = None) -> dict:
     seek_of = _seeks(result)
     out = {"task": task, "language": LANGUAGE_NAMES.get(result.language, result.language),
            "duration": round(result.audio_seconds, 3), "text": kept_text(result.segments),
            "segments": [segment_json(s, seek_of(s), with_features) for s in result.segments],
            "usage": {"type": "duration", "seconds": round(result.audio_seconds, 3)},
-           "guard": summary(result, processing, queued)}
+           "guard": summary(result, processing, queued, inference)}
     if "segment" not in granularities:
         out.pop("segments")
     if "word" in granularities:
@@ -124,7 +129,7 @@ def vtt(segments: list[ScoredSegment]) -> str:
 
 
 def render(fmt: ResponseFormat, result: GuardResult, processing: float, queued: float,
-           granularities: list[str], with_features: bool = False) -> tuple[str, str]:
+           granularities: list[str], with_features: bool = False, inference: float | None = None) -> tuple[str, str]:
     """(body, media type) of a finished transcription."""
     if fmt is ResponseFormat.text:
         return kept_text(result.segments) + "\n", "text/plain; charset=utf-8"
@@ -133,12 +138,12 @@ def render(fmt: ResponseFormat, result: GuardResult, processing: float, queued: 
     if fmt is ResponseFormat.vtt:
         return vtt(result.segments), "text/vtt; charset=utf-8"
     if fmt is ResponseFormat.verbose_json:
-        body = verbose(result, processing, queued, granularities, with_features=with_features)
+        body = verbose(result, processing, queued, granularities, with_features=with_features, inference=inference)
     else:
         seek_of = _seeks(result)
         body = {"text": kept_text(result.segments),
                 "usage": {"type": "duration", "seconds": round(result.audio_seconds, 3)},
-                "guard": {**summary(result, processing, queued),
+                "guard": {**summary(result, processing, queued, inference),
                           "marks": [{"id": s.segment.index, "start": round(s.segment.start, 3),
                                      "end": round(s.segment.end, 3), "seek": seek_of(s), **guard_of(s)}
                                     for s in result.segments]}}
@@ -152,17 +157,21 @@ def sse(data: dict) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def segment_events(segments: list[ScoredSegment]) -> list[dict]:
+def segment_events(segments: list[ScoredSegment], first: bool = True) -> tuple[list[dict], bool]:
     """Per segment: a `transcript.text.segment` (every segment, with `guard`) and, for kept ones,
-    a `transcript.text.delta` carrying its text."""
+    a `transcript.text.delta` carrying its text (one space before all but the first kept text,
+    so the deltas concatenate to the done event's text). Returns (events, still first)."""
     out = []
     for s in segments:
         seg = s.segment
-        if s.verdict is not Verdict.suppress:
-            out.append({"type": "transcript.text.delta", "delta": seg.text, "segment_id": str(seg.index)})
+        text = seg.text.strip()
+        if s.verdict is not Verdict.suppress and text:
+            out.append({"type": "transcript.text.delta", "delta": text if first else " " + text,
+                        "segment_id": str(seg.index)})
+            first = False
         out.append({"type": "transcript.text.segment", "id": str(seg.index), "start": round(seg.start, 3),
                     "end": round(seg.end, 3), "text": seg.text, "speaker": "", "guard": guard_of(s)})
-    return out
+    return out, first
 
 
 def done_event(result: GuardResult, processing: float, queued: float) -> dict:
