@@ -210,17 +210,14 @@ def cases_for(clip: dict, clips: dict[str, dict], phrases: list[str], donors: li
             tail = (ts, round(ts + span, 2), pick(phrases, cid, "tailp"), 1, True)
             parts = sorted([(s2, e2, t2, 0, False) for s2, e2, t2 in timed_segs] + [tail])
             case("boh_tail", pick(STYLES, cid, "st5"), parts)
-    else:  # no speech at all
+    else:  # no speech at all: spans start at 0 (so the cases of a clip share one window), lengths vary
         for n in range(2):
-            a = dur * 0.3 * rand(cid, "boh", n)
-            b = min(dur, a + 1.0 + min(10.0, dur) * rand(cid, "bohlen", n))
+            b = min(dur, 1.0 + min(10.0, dur) * rand(cid, "bohlen", n))
             timed = not (n == 1 and dur <= 30.0)
-            case("boh", pick(STYLES, cid, "st6", n), [(round(a, 2), round(max(b, a + 0.5), 2),
-                                                      pick(phrases, cid, "bohp", n), 1, True)], timed=timed)
-        a = dur * 0.3 * rand(cid, "oth")
-        case("other_text", pick(STYLES, cid, "st7"), [(round(a, 2), round(min(dur, a + 1.0 + min(10.0, dur) *
-                                                                               rand(cid, "othlen")), 2),
-                                                       donor_text("other"), 1, True)])
+            case("boh", pick(STYLES, cid, "st6", n), [(0.0, round(max(b, 0.5), 2), pick(phrases, cid, "bohp", n),
+                                                      1, True)], timed=timed)
+        b = min(dur, 1.0 + min(10.0, dur) * rand(cid, "othlen"))
+        case("other_text", pick(STYLES, cid, "st7"), [(0.0, round(max(b, 0.5), 2), donor_text("other"), 1, True)])
     return [c for c in out if all(s["text"].strip() for s in c["segments"])]
 
 
