@@ -454,3 +454,29 @@ def test_prompt_and_temperature_reach_the_decoder(client, guard):
     hot = _create(client, response_format="verbose_json", temperature=0.7)
     assert all(s.temperature == pytest.approx(0.7) for s in hot.segments)
     assert all(s.temperature == 0.0 for s in plain.segments)
+
+
+def test_a_client_that_goes_away_frees_its_place_and_stops_the_work(guard):
+    """The client's connection closes mid-call (a unary call whose client times out, and a stream
+    closed after its first event): the server sees the disconnect, the pipeline stops, the place
+    is freed and the call counts as CANCELLED."""
+    with running_http(guard, max_concurrent=1, max_queued=0) as srv:
+        long = wav_bytes(pcm16(SPEECH_THEN_MUSIC) * 2)
+        def freed(cancelled: int) -> None:
+            deadline = time.monotonic() + 90
+            while srv.serving.admission.admitted or sample_value(
+                    srv, "whisper_guard_requests_total", method="Transcribe", code="CANCELLED") < cancelled:
+                assert time.monotonic() < deadline, "a vanished client kept its place"
+                time.sleep(0.05)
+
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.url + "/v1/audio/transcriptions", files={"file": ("long.wav", long)}, timeout=2.0)
+        freed(1)
+        with httpx.stream("POST", srv.url + "/v1/audio/transcriptions", files={"file": ("long.wav", long)},
+                          data={"stream": "true"}, timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break  # one event, then hang up
+        freed(2)
+        assert is_speech_text(_create(sdk(srv)).text)  # the place is free again

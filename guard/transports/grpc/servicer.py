@@ -14,10 +14,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 import grpc
-import numpy as np
 from google.protobuf.message import Message
 
-from guard.errors import AudioError, BadRequest, Cancelled, GuardError, OptionsError
+from guard.errors import AudioError, BadRequest, Cancelled, OptionsError
 from guard.grpc_gen import guard_pb2 as pb
 from guard.grpc_gen import guard_pb2_grpc
 from guard.intake import PcmStream
