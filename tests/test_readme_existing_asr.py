@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import MUSIC, SPEECH, SPEECH_TEXT
 from grpc_fixtures import running_server
-from proxy_fixtures import running_proxy
+from proxy_fixtures import VERIFY_FLAG, running_proxy
 from whisper_normalizer.english import EnglishTextNormalizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,9 @@ def test_way_2_grpc_verify(guard, peer, tmp_path):
     with running_server(guard) as server:
         code = python_blocks()[1].replace("http://asr.internal:8000/v1", peer.base_url) \
             .replace("127.0.0.1:50051", server.address)
-        out = run("KEY = 'unused'\n" + code + "\nprint('segments', [s.verdict for s in reply.segments])", tmp_path)
-    printed, check = out.splitlines()
-    assert printed.strip() == "", "the upstream's 'Thanks for watching!' on music is suppressed"
+        out = run("KEY = 'unused'\n" + code, tmp_path)
     from guard.grpc_gen import guard_pb2 as pb
 
-    assert check == f"segments {[pb.VERDICT_SUPPRESS]}"
+    rows = [line.split(" ", 2) for line in out.splitlines()]
+    assert rows and all(int(v) == pb.VERDICT_FLAG and float(score) >= VERIFY_FLAG for v, score, _ in rows), out
+    assert "watching" in out.lower(), "the upstream's invented 'Thanks for watching!' on music, flagged"
