@@ -39,7 +39,13 @@ def segment_rows(clip_id: str, result: GuardResult) -> list[dict]:
              "window": s.segment.window, "score": s.score, "verdict": s.verdict.value,
              "avg_logprob": s.segment.avg_logprob, "no_speech_prob": s.segment.no_speech_prob,
              "compression_ratio": s.segment.compression_ratio,
-             **({"features": s.features} if s.features is not None else {})} for s in result.segments]
+             **({"features": s.features} if s.features is not None else {}),
+             **({"words": [word_row(w) for w in s.words]} if s.words is not None else {})} for s in result.segments]
+
+
+def word_row(w) -> dict:
+    return {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability, "score": w.score,
+            "verdict": w.verdict.value, **({"features": w.features} if w.features is not None else {})}
 
 
 def done_ids(out: Path) -> set[str]:

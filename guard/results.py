@@ -15,6 +15,13 @@ class Verdict(str, Enum):
     suppress = "suppress"
 
 
+class Granularity(str, Enum):
+    """What the policy removes from the response text under suppress: whole segments, or words."""
+
+    segment = "segment"
+    word = "word"
+
+
 class RequestOptions(BaseModel):
     """Per-request options; None means the server's configured default."""
 
@@ -27,6 +34,8 @@ class RequestOptions(BaseModel):
     flag_threshold: float | None = Field(None, ge=0, le=1)
     suppress_threshold: float | None = Field(None, ge=0, le=1)
     return_features: bool = False
+    word_timestamps: bool = False
+    granularity: Granularity = Granularity.segment  # word: implies word_timestamps
 
 
 class TranscriptSegment(BaseModel):
@@ -63,12 +72,33 @@ class Reason:
 
 
 @dataclass
+class Word:
+    """One word with its timing (from the probe's alignment heads), the decoder's probability, and
+    its own hallucination score and verdict."""
+
+    word: str  # as Whisper wrote it, leading space and attached punctuation included
+    start: float
+    end: float
+    probability: float
+    score: float
+    verdict: Verdict
+    features: dict[str, float] | None = None
+
+
+@dataclass
 class ScoredSegment:
     segment: Segment
     score: float  # attractor-regime score in [0, 1]
     verdict: Verdict
     reasons: list[Reason] = field(default_factory=list)
     features: dict[str, float] | None = None
+    words: list[Word] | None = None  # when word timestamps were asked for
+
+    def kept_text(self, granularity: "Granularity") -> str:
+        """The segment's contribution to the response text under a policy of this granularity."""
+        if granularity is Granularity.word and self.words is not None:
+            return "".join(w.word for w in self.words if w.verdict is not Verdict.suppress)
+        return "" if self.verdict is Verdict.suppress else self.segment.text
 
 
 @dataclass
@@ -79,8 +109,9 @@ class GuardResult:
     audio_seconds: float
     policy: PolicyMode
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    granularity: Granularity = Granularity.segment
 
     @property
     def text(self) -> str:
-        """The transcript with suppressed segments left out."""
-        return "".join(s.segment.text for s in self.segments if s.verdict is not Verdict.suppress).strip()
+        """The transcript with suppressed segments (or, at word granularity, suppressed words) left out."""
+        return "".join(s.kept_text(self.granularity) for s in self.segments).strip()
