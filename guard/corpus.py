@@ -14,7 +14,7 @@ from pathlib import Path
 
 from guard.audio import decode_file
 from guard.pipeline import Guard
-from guard.results import GuardResult, RequestOptions
+from guard.results import GuardResult, RequestOptions, word_json
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -40,12 +40,7 @@ def segment_rows(clip_id: str, result: GuardResult) -> list[dict]:
              "avg_logprob": s.segment.avg_logprob, "no_speech_prob": s.segment.no_speech_prob,
              "compression_ratio": s.segment.compression_ratio,
              **({"features": s.features} if s.features is not None else {}),
-             **({"words": [word_row(w) for w in s.words]} if s.words is not None else {})} for s in result.segments]
-
-
-def word_row(w) -> dict:
-    return {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability, "score": w.score,
-            "verdict": w.verdict.value, **({"features": w.features} if w.features is not None else {})}
+             **({"words": [word_json(w) for w in s.words]} if s.words is not None else {})} for s in result.segments]
 
 
 def done_ids(out: Path) -> set[str]:

@@ -290,9 +290,13 @@ class Guard:
         plan = self._word_plan(bundle, window, spans) if words else None
         extra = None
         if plan is not None:
-            read = np.union1d(read, plan.std_rows[plan.std_rows < len(window.prompt) + len(window.tokens)])
-            eot = bundle.transcriber.tokenizer(window.language).eot
-            extra = (np.array([len(window.prompt) + len(window.tokens) - 1]), np.array([eot]))
+            n_fed = len(window.prompt) + len(window.tokens)
+            if n_fed <= bundle.probe.dims["max_positions"]:  # feed the last token too: its row is read
+                eot = bundle.transcriber.tokenizer(window.language).eot
+                extra = (np.array([n_fed - 1]), np.array([eot]))
+            else:
+                n_fed -= 1
+            read = np.union1d(read, np.minimum(plan.std_rows, n_fed - 1))
         ctx, _ = self._probe(bundle, window, extra, timings, read_rows=read)
         scored = self._score_segments(bundle, window, ctx, spans, policy, return_features, timings)
         limits = self._words(bundle, window, ctx, plan, scored, policy, return_features, timings) if plan else None

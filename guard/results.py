@@ -85,6 +85,13 @@ class Word:
     features: dict[str, float] | None = None
 
 
+def word_json(w: Word) -> dict:
+    """A word as the JSON outputs (CLI rows, manifest rows) write it; features only when computed."""
+    return {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "probability": round(w.probability, 4),
+            "score": round(w.score, 4), "verdict": w.verdict.value,
+            **({"features": w.features} if w.features is not None else {})}
+
+
 @dataclass
 class ScoredSegment:
     segment: Segment

@@ -31,7 +31,7 @@ from guard.config import PolicyMode, Settings
 from guard.errors import AudioError, AudioTooLong, Cancelled, GuardError, OptionsError, TranscriptError
 from guard.grpc_gen import guard_pb2 as pb
 from guard.grpc_gen import guard_pb2_grpc
-from guard.results import GuardResult, RequestOptions, ScoredSegment, TranscriptSegment, Verdict
+from guard.results import Granularity, GuardResult, RequestOptions, ScoredSegment, TranscriptSegment, Verdict, Word
 
 if TYPE_CHECKING:
     from guard.metrics import GuardMetrics
@@ -50,6 +50,8 @@ POLICY_TO_PB = {
     PolicyMode.suppress: pb.POLICY_MODE_SUPPRESS,
 }
 PB_TO_POLICY = {v: k for k, v in POLICY_TO_PB.items()}
+PB_TO_GRANULARITY = {pb.GRANULARITY_UNSPECIFIED: Granularity.segment, pb.GRANULARITY_SEGMENT: Granularity.segment,
+                     pb.GRANULARITY_WORD: Granularity.word}
 VERDICT_TO_PB = {Verdict.pass_: pb.VERDICT_PASS, Verdict.flag: pb.VERDICT_FLAG, Verdict.suppress: pb.VERDICT_SUPPRESS}
 
 
@@ -124,7 +126,10 @@ def add_to_server(servicer: GuardService, server: grpc.Server) -> None:
 
 def options_from_pb(o: pb.Options) -> RequestOptions:
     """Proto options (zero = server default) to validated RequestOptions."""
-    fields: dict = {"return_features": o.return_features}
+    fields: dict = {"return_features": o.return_features, "word_timestamps": o.word_timestamps}
+    if o.granularity not in PB_TO_GRANULARITY:
+        raise OptionsError(f"options.granularity: unknown value {o.granularity}; use GRANULARITY_SEGMENT or _WORD")
+    fields["granularity"] = PB_TO_GRANULARITY[o.granularity]
     if o.model:
         fields["model"] = o.model
     if o.language:
@@ -179,12 +184,19 @@ def segment_to_pb(s: ScoredSegment, with_features: bool) -> pb.Segment:
     )
     if with_features and s.features:
         out.features.update({k: float(v) for k, v in s.features.items()})
+    if s.words is not None:
+        out.words.extend(word_to_pb(w) for w in s.words)
     return out
 
 
-def kept_text(segments: list[ScoredSegment]) -> str:
-    """The transcript without suppressed segments (the same rule as GuardResult.text)."""
-    return "".join(s.segment.text for s in segments if s.verdict is not Verdict.suppress).strip()
+def word_to_pb(w: Word) -> pb.Word:
+    return pb.Word(word=w.word, start_seconds=w.start, end_seconds=w.end, probability=w.probability, score=w.score,
+                   verdict=VERDICT_TO_PB[Verdict(w.verdict)])
+
+
+def kept_text(segments: list[ScoredSegment], granularity: Granularity = Granularity.segment) -> str:
+    """The transcript without suppressed segments, or suppressed words (the same rule as GuardResult.text)."""
+    return "".join(s.kept_text(granularity) for s in segments).strip()
 
 
 def summary_to_pb(result: GuardResult, segments: list[ScoredSegment], processing: float, queued: float) -> pb.Summary:
@@ -421,7 +433,7 @@ class GuardService(guard_pb2_grpc.GuardServicer):
             result = self._guard().transcribe(samples, options, cancel)
         result.timings = {"decode": t_decode, **result.timings}
         return result, pb.TranscribeResponse(
-            request_id=call.request_id, text=kept_text(result.segments),
+            request_id=call.request_id, text=kept_text(result.segments, options.granularity),
             segments=[segment_to_pb(s, options.return_features) for s in result.segments],
             summary=summary_to_pb(result, result.segments, time.monotonic() - call.started - call.queued, call.queued),
         )
@@ -438,7 +450,7 @@ class GuardService(guard_pb2_grpc.GuardServicer):
             result = self._guard().verify(samples, transcript, options, cancel)
         result.timings = {"decode": t_decode, **result.timings}
         return result, pb.VerifyResponse(
-            request_id=call.request_id, text=kept_text(result.segments),
+            request_id=call.request_id, text=kept_text(result.segments, options.granularity),
             segments=[segment_to_pb(s, options.return_features) for s in result.segments],
             summary=summary_to_pb(result, result.segments, time.monotonic() - call.started - call.queued, call.queued),
         )
@@ -497,7 +509,7 @@ class GuardService(guard_pb2_grpc.GuardServicer):
             whole = dataclasses.replace(result, segments=sent, timings={"decode": t_decode, **result.timings})
             summary = summary_to_pb(whole, sent, time.monotonic() - call.started - call.queued, call.queued)
             yield pb.SegmentEvent(sequence=sequence + 1, request_id=call.request_id,
-                                  summary=pb.StreamSummary(summary=summary, text=kept_text(sent)))
+                                  summary=pb.StreamSummary(summary=summary, text=kept_text(sent, options.granularity)))
             return whole
         finally:
             reader.close()

@@ -70,7 +70,8 @@ class AlignedWindow:
 def align_window(ctx: WindowContext, p: Plan, tokenizer, n_mel_frames: int, time_offset: float,
                  n_fed: int) -> AlignedWindow:
     heads = ctx.alignment_heads
-    rows = p.std_rows if p.std_rows[-1] < n_fed else p.std_rows[:-1]
+    # a window that filled the decoder's positions has no row after its last token: reuse the last
+    rows = np.minimum(p.std_rows if p.std_rows[-1] < n_fed else p.std_rows[:-1], n_fed - 1)
     patterns, _ = ctx.cache.select(rows)  # [L, H, R, F] only the kept rows
     head_patterns = patterns[heads[:, 0], heads[:, 1]]
     n_frames = max(1, n_mel_frames // 2)  # CTranslate2 halves num_frames: the encoder's stride
