@@ -33,14 +33,13 @@ sys.path.insert(0, str(ROOT))
 from guard import evaluation  # noqa: E402
 from guard.calibrate import L2_GRID, groups_of, split, transform_for  # noqa: E402
 from guard.corpus import read_manifest  # noqa: E402
-from guard.labels import SIMILAR, TOLERANCE_S, outside_speech, word_ops, words as norm_words  # noqa: E402
+from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
 from guard.score import Calibration, fit  # noqa: E402
+from guard.words import segment_context  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FLAG_FPR, SUPPRESS_FPR = 0.01, 0.005
-SEGMENT_FEATURES = ("conf.no_speech_prob", "conf.avg_logprob", "conf.compression_ratio", "vad.segment_share",
-                    "text.repeat_share", "seg.words_per_second")
 WORD_TRANSFORMS = {"word.probability": "logit", "word.attn_speech_mass": "logit", "word.vad_prob": "logit",
                    "word.vad_share": "logit", "seg.score": "logit", "word.duration": "log", "word.chars": "log",
                    "word.path_frames": "log", "word.speech_distance_s": "log", "word.attn_concentration": "logit"}
@@ -81,11 +80,7 @@ def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
                 continue
             invented = any(o in ("ins", "far") for o in mine)
             outside = outside_speech(w["start"], w["end"], clip["speech"])
-            segf = seg.get("features") or {}
-            feats = dict(w["features"])
-            for f in SEGMENT_FEATURES:
-                if f in segf:
-                    feats[f"seg.{f}"] = segf[f]
+            feats = {**segment_context(seg.get("features")), **w["features"]}  # older caches lack the context
             rows.append({"id": rec["id"], "segment": f"{rec['id']}#{si}", "kind": clip["kind"],
                          "category": clip.get("category"), "label": int(invented or outside),
                          "features": feats, "probability": w["probability"], "segment_score": seg["score"]})

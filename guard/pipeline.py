@@ -204,10 +204,14 @@ class Guard:
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
-            window_scored = self._score_segments(bundle, window, ctx, spans, policy, options.return_features, timings)
+            window_scored = self._score_segments(bundle, window, ctx, spans, policy,
+                                                 options.return_features or plan is not None, timings)
             if plan is not None:
                 limits = self._words(bundle, window, ctx, plan, window_scored, policy, options.return_features, timings)
                 last_speech = clamp_words(window_scored, limits, last_speech)
+                if not options.return_features:
+                    for s in window_scored:
+                        s.features = None
             scored += window_scored
         return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings,
                            options.granularity)
@@ -298,8 +302,13 @@ class Guard:
                 n_fed -= 1
             read = np.union1d(read, np.minimum(plan.std_rows, n_fed - 1))
         ctx, _ = self._probe(bundle, window, extra, timings, read_rows=read)
-        scored = self._score_segments(bundle, window, ctx, spans, policy, return_features, timings)
-        limits = self._words(bundle, window, ctx, plan, scored, policy, return_features, timings) if plan else None
+        scored = self._score_segments(bundle, window, ctx, spans, policy, return_features or plan is not None, timings)
+        limits = None
+        if plan is not None:
+            limits = self._words(bundle, window, ctx, plan, scored, policy, return_features, timings)
+            if not return_features:
+                for s in scored:
+                    s.features = None
         return scored, limits
 
     # ------------------------------------------------------------ words
@@ -323,7 +332,7 @@ class Guard:
         tokenizer = bundle.transcriber.tokenizer(window.language)
         aligned = wording.align_window(ctx, plan, tokenizer, window.n_frames, window.start,
                                        ctx.cache.n_positions or len(window.prompt) + len(window.tokens))
-        feats = wording.word_features(ctx, plan, aligned, [s.score for s in scored])
+        feats = wording.word_features(ctx, plan, aligned, [s.score for s in scored], [s.features for s in scored])
         timings["signature"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         word_policy = self.word_policy(bundle, policy)

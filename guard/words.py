@@ -17,6 +17,15 @@ from guard import alignment
 from guard.signature import EPS, WindowContext
 
 _WORD = re.compile(r"[a-z0-9']+")
+# what a word also knows about its segment: segment signature feature -> word feature name
+SEGMENT_CONTEXT = {"conf.no_speech_prob": "seg.no_speech_prob", "conf.avg_logprob": "seg.avg_logprob",
+                   "conf.compression_ratio": "seg.compression_ratio", "vad.segment_share": "seg.vad_share",
+                   "text.repeat_share": "seg.repeat_share", "seg.words_per_second": "seg.words_per_second"}
+
+
+def segment_context(segment_features: dict[str, float] | None) -> dict[str, float]:
+    return {name: float(segment_features[f]) for f, name in SEGMENT_CONTEXT.items()
+            if segment_features and f in segment_features}
 
 
 @dataclass
@@ -88,7 +97,8 @@ def normalised(word: str) -> str:
     return " ".join(_WORD.findall(word.lower().replace("'", " ")))
 
 
-def word_features(ctx: WindowContext, p: Plan, aw: AlignedWindow, segment_scores: list[float]) -> list[list[dict]]:
+def word_features(ctx: WindowContext, p: Plan, aw: AlignedWindow, segment_scores: list[float],
+                  segment_features: list[dict[str, float] | None] | None = None) -> list[list[dict]]:
     """Per segment, per word: features read along its DTW path (names say where each comes from)."""
     ev = ctx.evidence
     n_frames = aw.matrix.shape[1]
@@ -107,6 +117,7 @@ def word_features(ctx: WindowContext, p: Plan, aw: AlignedWindow, segment_scores
     out = []
     n_seg = len(aw.per_segment)
     for s, words in enumerate(aw.per_segment):
+        context = segment_context(segment_features[s] if segment_features else None)
         rows = []
         for k, w in enumerate(words):
             lo, hi = w.first, w.first + max(1, len(w.tokens))
@@ -149,6 +160,7 @@ def word_features(ctx: WindowContext, p: Plan, aw: AlignedWindow, segment_scores
                 "word.from_end": float(len(words) - 1 - k),
                 "word.segment_in_window": s / max(1, n_seg - 1),
                 "seg.score": float(segment_scores[s]),
+                **context,
             })
             if norm:
                 history.append(norm)
