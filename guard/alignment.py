@@ -67,11 +67,16 @@ def median_filter(x: np.ndarray, width: int = MEDIAN_WIDTH) -> np.ndarray:
     if width != 7:
         windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
         return np.partition(windows, half, axis=-1)[..., half]
-    p = [padded[..., k:k + n].copy() for k in range(7)]
+    p = [padded[..., k:k + n] for k in range(7)]  # views of the padded input until first written
+    owned = [False] * 7
+    scratch = np.empty(p[0].shape, x.dtype)
     for a, b in _MEDIAN7:
-        lo = np.minimum(p[a], p[b])
-        np.maximum(p[a], p[b], out=p[b])
-        p[a] = lo
+        lo = np.minimum(p[a], p[b], out=scratch)
+        hi = np.maximum(p[a], p[b], out=p[b] if owned[b] else None)
+        old = p[a]
+        p[a], p[b] = lo, hi
+        scratch = old if owned[a] else np.empty(lo.shape, x.dtype)
+        owned[a] = owned[b] = True
     return p[3]
 
 
