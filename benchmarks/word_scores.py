@@ -34,8 +34,8 @@ from guard import evaluation  # noqa: E402
 from guard.calibrate import L2_GRID, groups_of, split, transform_for  # noqa: E402
 from guard.corpus import read_manifest  # noqa: E402
 from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
-from guard.score import Calibration, fit  # noqa: E402
-from guard.words import segment_context  # noqa: E402
+from guard.score import Calibration, fit, fit_logistic  # noqa: E402
+from guard.words import add_relative, segment_context  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -57,6 +57,67 @@ def extract(corpus: Path, model: str, cache: Path, limit: int | None = None) -> 
         pass
 
 
+# ---------------------------------------------------------------- generated mixed segments
+FIXTURE_IDS = {"ast-en-agent-alreadyon", "spi-tabla-tun3", "gnome-logout", "mix-stn-d009"}  # tests/fixtures
+
+
+def invented_sentence(clip_id: str, phrases: list[str]) -> str:
+    """A phrase Whisper is known to invent (Bag of Hallucinations), picked by the clip id."""
+    pick = phrases[int(hashlib.sha256(clip_id.encode()).hexdigest(), 16) % len(phrases)]
+    return " " + pick[:1].upper() + pick[1:] + "."
+
+
+def generate(corpus: Path, model: str, cache: Path, limit: int) -> None:
+    """Verify cases built from DEV English speech clips: the true transcript with an invented
+    sentence appended, one segment without times (so the words are labelled by construction).
+    Clips copied into tests/fixtures are left out. Resumable like the extraction."""
+    from guard import corpus as runner
+    from guard.audio import decode_file
+    from guard.config import Settings
+    from guard.pipeline import Guard, load_phrases
+    from guard.results import RequestOptions, TranscriptSegment
+
+    phrases = sorted(p for p in load_phrases() if 2 <= len(p.split()) <= 8)
+    clips = [c for c in read_manifest(corpus / "manifest.jsonl") if c["kind"] == "speech" and c.get("lang") == "en"
+             and c["duration"] <= 25 and c.get("text") and c["id"] not in FIXTURE_IDS]
+    clips.sort(key=lambda c: hashlib.sha256(c["id"].encode()).hexdigest())
+    done = runner.done_ids(cache)
+    todo = [c for c in clips[:limit] if c["id"] not in done]
+    if not todo:
+        return
+    guard = Guard(Settings(model=model, max_concurrent=1))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "a", encoding="utf-8") as f:
+        for k, clip in enumerate(todo, 1):
+            true_text = " " + clip["text"].strip()
+            text = true_text + invented_sentence(clip["id"], phrases)
+            audio = decode_file(corpus / clip["audio"], max_seconds=60)
+            result = guard.verify(audio, [TranscriptSegment(text=text)],
+                                  RequestOptions(word_timestamps=True, return_features=True, language="en"))
+            seg = result.segments[0]
+            pos, words = 0, []
+            for w in seg.words:
+                words.append({"features": w.features, "probability": w.probability, "label": int(pos >= len(true_text))})
+                pos += len(w.word)
+            f.write(json.dumps({"id": clip["id"], "segment_score": seg.score, "words": words}, default=float) + "\n")
+            f.flush()
+            print(f"\rgenerated {k}/{len(todo)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+
+def generated_rows(clips: dict[str, dict], cache: Path) -> list[dict]:
+    rows = []
+    if not cache.exists():
+        return rows
+    for line in cache.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        for w in rec["words"]:
+            rows.append({"id": rec["id"], "segment": f"gen:{rec['id']}", "kind": "generated", "category": "verify-tail",
+                         "label": w["label"], "features": w["features"], "probability": w["probability"],
+                         "segment_score": rec["segment_score"]})
+    return rows
+
+
 # ---------------------------------------------------------------- labels
 def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
     """One row per labelled word: features, label, the anchors, clip/segment identity."""
@@ -73,6 +134,12 @@ def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
                 items.append((si, seg, w, norm_words(w["word"], lang)))
         hyp = [p for *_, pieces in items for p in pieces]
         ops = word_ops(hyp, norm_words(clip.get("text", ""), lang)) if hyp else []
+        by_segment = defaultdict(list)
+        for si, seg, w, pieces in items:
+            if "features" in w and not any(k.endswith(".vs_segment") for k in w["features"]):
+                by_segment[si].append(w["features"])
+        for rows_ in by_segment.values():  # caches written before the relative features existed
+            add_relative(rows_)
         k = 0
         for si, seg, w, pieces in items:
             mine, k = ops[k:k + len(pieces)], k + len(pieces)
@@ -88,9 +155,24 @@ def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- fit
+MIXED_WEIGHT = 0.5  # share of the training weight given to words of mixed segments
+
+
 def _fit(model: str, rows: list[dict], features: list[str], l2: float) -> Calibration:
-    return fit(f"words-{model}", [r["features"] for r in rows], np.array([r["label"] for r in rows]), features,
-               {f: WORD_TRANSFORMS.get(f, transform_for(f)) for f in features}, l2=l2)
+    """Logistic fit as guard.score.fit (standardised, transformed, balanced classes), with the words of
+    mixed segments (grounded and invented words in one segment) up-weighted to MIXED_WEIGHT of the
+    total: they are few, and they are what a word score adds over the segment score."""
+    cal = fit(f"words-{model}", [r["features"] for r in rows], np.array([r["label"] for r in rows]), features,
+              {f: WORD_TRANSFORMS.get(f, transform_for(f)) for f in features}, l2=l2)
+    mixed = mixed_segments(rows)
+    if not mixed.any() or mixed.all():
+        return cal
+    y = np.array([r["label"] for r in rows], dtype=np.float64)
+    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
+    w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
+    w = np.where(mixed, w * MIXED_WEIGHT / w[mixed].sum(), w * (1 - MIXED_WEIGHT) / w[~mixed].sum()) * len(y)
+    cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2, weights=w)
+    return cal
 
 
 def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
@@ -123,11 +205,14 @@ def mixed_segments(rows: list[dict]) -> np.ndarray:
     return np.array([labels[r["segment"]] == {0, 1} for r in rows])
 
 
-def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> dict:
+def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, generated: Path | None = None) -> dict:
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
     rows = label_words(clips, cache)
     side, groups = split(clips), groups_of(clips)
-    train = [r for r in rows if side[r["id"]] == "train"]
+    gen = generated_rows(clips, generated) if generated else []
+    gen_train = [r for r in gen if side[r["id"]] == "train"]
+    gen_val = [r for r in gen if side[r["id"]] == "val"]
+    train = [r for r in rows if side[r["id"]] == "train"] + gen_train
     val = [r for r in rows if side[r["id"]] == "val"]
     features = usable(train)
     best, best_l2, oof = -np.inf, L2_GRID[0], None
@@ -149,6 +234,12 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> 
                **{f"kind={k}": np.array([r["kind"] == k for r in val]) for k in sorted({r["kind"] for r in val})}}
     table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
              for name, m in subsets.items() if m.sum()}
+    if gen_val:
+        yg = np.array([r["label"] for r in gen_val])
+        table["generated verify cases: true text + invented sentence (validation clips)"] = {
+            "whisper-guard word score": evaluation.summary(yg, cal.score([r["features"] for r in gen_val])),
+            "faster-whisper word probability (1 - p)": evaluation.summary(yg, 1 - np.array([r["probability"] for r in gen_val])),
+            "segment score broadcast to words": evaluation.summary(yg, np.array([r["segment_score"] for r in gen_val]))}
     score = detectors["whisper-guard word score"]
     policy = {}
     for action in ("flag", "suppress"):
@@ -164,6 +255,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> 
                 "labels": "corpus rule at word level (benchmarks/word_scores.py)"}
     coef = sorted(zip(cal.features, cal.coef), key=lambda t: -abs(t[1]))
     result = {"model": model, "clips": len({r["id"] for r in rows}), "words": len(rows),
+              "generated_train_words": len(gen_train), "generated_val_words": len(gen_val),
               "hallucinated_words": int(sum(r["label"] for r in rows)), "train_words": len(train),
               "val_words": len(val), "l2": best_l2, "features": features, "thresholds": cal.thresholds,
               "table": table, "policy": policy, "top_coefficients": [[f, float(c)] for f, c in coef[:15]]}
@@ -178,7 +270,10 @@ def markdown(r: dict) -> str:
     lines = [f"# Word-level hallucination scores: {r['model']}", "",
              f"{r['clips']} DEV clips, {r['words']} labelled words ({r['hallucinated_words']} hallucinated); "
              f"fit on {r['train_words']} train words, reported on {r['val_words']} validation words "
-             "(grouped split of benchmarks/detection.py). Thresholds from out-of-fold train scores.", "",
+             "(grouped split of benchmarks/detection.py). Thresholds from out-of-fold train scores. "
+             f"Training also holds {r.get('generated_train_words', 0)} words of generated verify cases (a train "
+             "clip's true transcript + an invented sentence); the validation clips' generated cases "
+             f"({r.get('generated_val_words', 0)} words) are reported on their own row.", "",
              "| subset | detector | n | hallucinated | AUROC | TPR@1%FPR | TPR@5%FPR |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, dets in r["table"].items():
         for d, s in dets.items():
@@ -202,13 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--extract-only", action="store_true")
+    ap.add_argument("--generate", type=int, default=0, help="also build N verify cases (true text + invented)")
     ap.add_argument("--write-calibration", action="store_true")
     args = ap.parse_args(argv)
     cache = HERE / ".cache" / f"words-{args.model}.jsonl"
-    extract(args.corpus, args.model, cache, args.limit)
+    generated = HERE / ".cache" / f"words-generated-{args.model}.jsonl"
+    if args.generate:
+        generate(args.corpus, args.model, generated, args.generate)
+    if not args.extract_only or not args.generate:
+        extract(args.corpus, args.model, cache, args.limit)
     if args.extract_only:
         return 0
-    result = evaluate(args.model, args.corpus, cache, args.write_calibration)
+    result = evaluate(args.model, args.corpus, cache, args.write_calibration, generated)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"words-score-{args.model}.json").write_text(json.dumps(result, indent=1, default=float))
     md = markdown(result)

@@ -23,6 +23,23 @@ SEGMENT_CONTEXT = {"conf.no_speech_prob": "seg.no_speech_prob", "conf.avg_logpro
                    "text.repeat_share": "seg.repeat_share", "seg.words_per_second": "seg.words_per_second"}
 
 
+# word features also given relative to the median of the segment's words: "this word is less
+# grounded than its neighbours", which a segment holding real speech and an invented tail shows
+RELATIVE = ("word.vad_prob", "word.attn_speech_mass", "word.logprob_mean", "word.path_vertical",
+            "word.speech_distance_s", "word.duration", "word.path_cost", "word.energy_db")
+
+
+def add_relative(rows: list[dict[str, float]]) -> None:
+    """Add `<feature>.vs_segment` (value minus the segment's median) to each word row, in place."""
+    if not rows:
+        return
+    for name in RELATIVE:
+        values = np.array([r.get(name, np.nan) for r in rows], dtype=np.float64)
+        median = float(np.nanmedian(values)) if np.isfinite(values).any() else 0.0
+        for r, v in zip(rows, values):
+            r[f"{name}.vs_segment"] = float(v - median)
+
+
 def segment_context(segment_features: dict[str, float] | None) -> dict[str, float]:
     return {name: float(segment_features[f]) for f, name in SEGMENT_CONTEXT.items()
             if segment_features and f in segment_features}
@@ -164,5 +181,6 @@ def word_features(ctx: WindowContext, p: Plan, aw: AlignedWindow, segment_scores
             })
             if norm:
                 history.append(norm)
+        add_relative(rows)
         out.append(rows)
     return out
