@@ -155,18 +155,36 @@ def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- fit
-MIXED_WEIGHT = 0.5  # share of the training weight given to words of mixed segments
+# Shares of the training weight: words of real mixed segments (grounded and invented words in one
+# segment), words of generated verify cases, and the rest. Chosen on out-of-fold train scores
+# (`choose_shares`), never on validation.
+SHARES = {"mixed": 0.3, "generated": 0.1}
 
 
-def _fit(model: str, rows: list[dict], features: list[str], l2: float) -> Calibration:
-    """Logistic fit as guard.score.fit (standardised, transformed, balanced classes), with the words of
-    mixed segments (grounded and invented words in one segment) up-weighted to MIXED_WEIGHT of the
-    total: they are few, and they are what a word score adds over the segment score."""
+def _fit(model: str, rows: list[dict], features: list[str], l2: float, shares: dict | None = None) -> Calibration:
+    """Logistic fit as guard.score.fit (standardised, transformed, balanced classes), with the words
+    of mixed segments and of generated cases given fixed shares of the total weight: they are few,
+    and they are what a word score adds over the segment score."""
+    shares = SHARES if shares is None else shares
     cal = fit(f"words-{model}", [r["features"] for r in rows], np.array([r["label"] for r in rows]), features,
               {f: WORD_TRANSFORMS.get(f, transform_for(f)) for f in features}, l2=l2)
-    mixed = mixed_segments(rows)
-    if not mixed.any() or mixed.all():
-        return cal
+    y = np.array([r["label"] for r in rows], dtype=np.float64)
+    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
+    w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
+    generated = np.array([r["kind"] == "generated" for r in rows])
+    mixed = mixed_segments(rows) & ~generated
+    pools = {"mixed": mixed, "generated": generated}
+    rest = ~(mixed | generated)
+    out = np.zeros(len(rows))
+    total_share = 0.0
+    for name, m in pools.items():
+        if m.any() and shares.get(name, 0) > 0:
+            out[m] = w[m] * shares[name] / w[m].sum()
+            total_share += shares[name]
+    out[rest] = w[rest] * (1 - total_share) / max(w[rest].sum(), 1e-12)
+    cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2,
+                                           weights=out * len(y))
+    return cal
     y = np.array([r["label"] for r in rows], dtype=np.float64)
     pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
     w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
@@ -176,7 +194,7 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float) -> Calibr
 
 
 def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
-                folds: int = 5) -> np.ndarray:
+                folds: int = 5, shares: dict | None = None) -> np.ndarray:
     fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
     fold = np.array([fold_of[groups[r["id"]]] for r in rows])
     scores = np.zeros(len(rows))
@@ -184,7 +202,7 @@ def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[
         train = [r for r, f in zip(rows, fold) if f != k]
         idx = np.flatnonzero(fold == k)
         if len(idx) and len({r["label"] for r in train}) == 2:
-            scores[idx] = _fit(model, train, features, l2).score([rows[i]["features"] for i in idx])
+            scores[idx] = _fit(model, train, features, l2, shares).score([rows[i]["features"] for i in idx])
     return scores
 
 
@@ -215,16 +233,22 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
     train = [r for r in rows if side[r["id"]] == "train"] + gen_train
     val = [r for r in rows if side[r["id"]] == "val"]
     features = usable(train)
-    best, best_l2, oof = -np.inf, L2_GRID[0], None
+    best, best_l2, best_shares, oof = -np.inf, L2_GRID[0], SHARES, None
+    real = np.array([r["kind"] != "generated" for r in train])
     y_tr = np.array([r["label"] for r in train])
-    for l2 in L2_GRID:
-        s = out_of_fold(model, train, features, groups, l2)
-        q = evaluation.auroc(y_tr, s) + evaluation.tpr_at_fpr(y_tr, s, 0.01)
-        if q > best:
-            best, best_l2, oof = q, l2, s
-    cal = _fit(model, train, features, best_l2)
-    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr, oof, FLAG_FPR), 1.0))
-    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr, oof, SUPPRESS_FPR), 1.0))
+    mixed_tr = mixed_segments(train) & real
+    for l2 in (3.0, 30.0, 300.0):
+        for m_share in (0.0, 0.2, 0.4):
+            for g_share in (0.0, 0.1, 0.3):
+                shares = {"mixed": m_share, "generated": g_share}
+                s = out_of_fold(model, train, features, groups, l2, shares=shares)
+                q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
+                        for m in (real, mixed_tr) if len(set(y_tr[m])) == 2)
+                if q > best:
+                    best, best_l2, best_shares, oof = q, l2, shares, s
+    cal = _fit(model, train, features, best_l2, best_shares)
+    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], FLAG_FPR), 1.0))
+    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], SUPPRESS_FPR), 1.0))
     cal.thresholds = {"flag": min(max(flag_t, 0.0), 1.0), "suppress": min(max(sup_t, flag_t, 0.0), 1.0)}
     y = np.array([r["label"] for r in val])
     detectors = {"whisper-guard word score": cal.score([r["features"] for r in val]),
@@ -250,14 +274,14 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
                           "grounded_words_removed": float(hit[y == 0].mean()) if (y == 0).any() else None,
                           "mixed_hallucinated_removed": float(hit[mixed & (y == 1)].mean()) if (mixed & (y == 1)).any() else None,
                           "mixed_grounded_removed": float(hit[mixed & (y == 0)].mean()) if (mixed & (y == 0)).any() else None}
-    cal.meta = {"split": "guard.calibrate.split (as benchmarks/detection.py)", "l2": best_l2,
+    cal.meta = {"split": "guard.calibrate.split (as benchmarks/detection.py)", "l2": best_l2, "shares": best_shares,
                 "train_words": len(train), "val_words": len(val), "thresholds_from": "out-of-fold train scores",
                 "labels": "corpus rule at word level (benchmarks/word_scores.py)"}
     coef = sorted(zip(cal.features, cal.coef), key=lambda t: -abs(t[1]))
     result = {"model": model, "clips": len({r["id"] for r in rows}), "words": len(rows),
               "generated_train_words": len(gen_train), "generated_val_words": len(gen_val),
               "hallucinated_words": int(sum(r["label"] for r in rows)), "train_words": len(train),
-              "val_words": len(val), "l2": best_l2, "features": features, "thresholds": cal.thresholds,
+              "val_words": len(val), "l2": best_l2, "shares": best_shares, "features": features, "thresholds": cal.thresholds,
               "table": table, "policy": policy, "top_coefficients": [[f, float(c)] for f, c in coef[:15]]}
     if write_calibration:
         path = ROOT / "guard" / "calibration" / f"words-{model}.json"
