@@ -13,6 +13,7 @@ and say why. The image built here is removed afterwards; the base is kept (a cac
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 import urllib.request
@@ -40,6 +41,9 @@ def image():
     why = engine_not_ready()
     if why:
         pytest.skip(f"no image engine: {why}")
+    if given := os.environ.get("WHISPER_GUARD_TEST_IMAGE"):  # an image built before (kept afterwards)
+        yield given
+        return
     tag = f"localhost/{unique_name('whisper-guard-test')}:cpu"
     try:
         seconds, log = build_image(tag, extras="", models="tiny.en")
@@ -84,8 +88,9 @@ def test_image_config_matches_the_manifest(image):
     assert config["User"] == f"{spec['pod']['securityContext']['runAsUser']}:{spec['pod']['securityContext']['runAsGroup']}"
     assert config["Entrypoint"] == ["/opt/whisper-guard/bin/whisper-guard"] and config["Cmd"] == ["serve"]
     assert set(config["ExposedPorts"]) == {"50051/tcp", "9464/tcp"}
-    health = image_config(image).get("HealthCheck") or config.get("Healthcheck")
+    health = image_config(image).get("Healthcheck")  # kept because build-image.sh builds `--format docker`
     assert health and health["Test"] == ["CMD", "/opt/whisper-guard/bin/whisper-guard-healthcheck"], health
+    assert health["StartPeriod"] / 1e9 >= 60, "the start period must cover loading the model"
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["WHISPER_GUARD_DEVICE"] == "cpu" and env["WHISPER_GUARD_ADDRESS"] == "0.0.0.0:50051"
 
@@ -163,13 +168,14 @@ def test_idle_memory_fits_the_manifest(container, client):
 
 
 def test_sigterm_drains_the_call_in_flight_then_exits_zero(image):
-    c = Container(image, env={"WHISPER_GUARD_GRACE_SECONDS": "60"})
+    # grace far above the call's length: on a loaded 2-core host 36 s of audio can take a minute
+    c = Container(image, env={"WHISPER_GUARD_GRACE_SECONDS": "300"})
     try:
         c.start()
-        with GuardClient(c.grpc_address, timeout=180) as client:
+        with GuardClient(c.grpc_address, timeout=360) as client:
             wait_serving(client, c)
-            long = pb.TranscribeRequest(pcm=pb.RawPcm(data=pcm16(SPEECH_THEN_MUSIC) * 2, sample_rate=16000))
-            in_flight = client.stub.Transcribe.future(long, timeout=180)
+            long = pb.TranscribeRequest(pcm=pb.RawPcm(data=pcm16(SPEECH_THEN_MUSIC), sample_rate=16000))
+            in_flight = client.stub.Transcribe.future(long, timeout=360)
             deadline = time.monotonic() + 60
             while scrape(c).get(("whisper_guard_requests_in_flight", ()), 0) < 1:
                 assert time.monotonic() < deadline and not in_flight.done(), "the long call never ran"
@@ -181,8 +187,11 @@ def test_sigterm_drains_the_call_in_flight_then_exits_zero(image):
                 time.sleep(0.1)
             refused = rpc_error(client.transcribe, SPEECH)
             assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused.details()
-            reply = in_flight.result(timeout=180)  # completes normally after SIGTERM
-            assert "agent" in words(reply.text) and reply.summary.audio_seconds > 70
+            try:
+                reply = in_flight.result(timeout=360)  # completes normally after SIGTERM
+            except grpc.RpcError as e:
+                raise AssertionError(f"the call in flight failed: {e.code()} {e.details()}\n{c.logs()}") from None
+            assert "agent" in words(reply.text) and reply.summary.audio_seconds > 30
         assert c.wait_exit(timeout=90) == 0, c.logs()
         logs = c.logs()
         assert re.search(r"draining: .*?1 in flight", logs) and "Traceback" not in logs, logs

@@ -86,11 +86,14 @@ if [ "$slim" = 1 ]; then
   # Debug info in shared libraries (CTranslate2's extension module ships ~66 MB of it). Only
   # files that carry .debug_info are touched; needs binutils (the Dockerfiles' build stages).
   if command -v strip >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1; then
+    n=0 before=$(du -sk "$prefix" | cut -f1)
     while IFS= read -r -d '' so; do
       if readelf -S "$so" 2>/dev/null | grep -q '\.debug_info'; then
-        strip --strip-debug "$so" && echo "install.sh: stripped debug info from ${so#"$prefix"/}"
+        strip --strip-debug "$so"
+        n=$((n + 1))
       fi
     done < <(find "${site[@]}" -name '*.so*' -type f -print0)
+    echo "install.sh: stripped debug info from $n shared libraries ($(( (before - $(du -sk "$prefix" | cut -f1)) / 1024 )) MB)"
   else
     echo "install.sh: no strip/readelf (binutils): shared libraries keep their debug info" >&2
   fi
