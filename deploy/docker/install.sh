@@ -88,7 +88,8 @@ if [ "$slim" = 1 ]; then
   if command -v strip >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1; then
     n=0 before=$(du -sk "$prefix" | cut -f1)
     while IFS= read -r -d '' so; do
-      if readelf -S "$so" 2>/dev/null | grep -q '\.debug_info'; then
+      sections="$(readelf -S "$so" 2>/dev/null || true)"  # not `| grep -q`: SIGPIPE + pipefail
+      if [[ "$sections" == *.debug_info* ]]; then
         strip --strip-debug "$so"
         n=$((n + 1))
       fi
