@@ -87,6 +87,7 @@ class Container:
     image: str
     name: str = field(default_factory=lambda: unique_name("whisper-guard-test"))
     env: dict[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = (GRPC_PORT, METRICS_PORT)  # container ports, each published on 127.0.0.1
     started: float = 0.0  # time.monotonic() just before `podman run`
 
     def run_args(self) -> list[str]:
@@ -95,7 +96,7 @@ class Container:
         sc, psc = guard["securityContext"], pod["securityContext"]
         args = ["run", "--detach", "--name", self.name,
                 "--user", f"{psc['runAsUser']}:{psc['runAsGroup']}",
-                "--publish", f"127.0.0.1::{GRPC_PORT}", "--publish", f"127.0.0.1::{METRICS_PORT}",
+                *(a for p in self.ports for a in ("--publish", f"127.0.0.1::{p}")),  # random host ports
                 # no systemd here for podman's healthcheck timers: the tests run the HEALTHCHECK by hand
                 "--health-interval", "disable"]
         if sc.get("readOnlyRootFilesystem"):
