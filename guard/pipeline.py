@@ -1,7 +1,8 @@
 """The guard, top to bottom: audio -> transcribe -> probe -> signature -> score -> policy -> result.
 
 `Guard` holds the loaded models (the only long-lived state); each call is independent and
-thread-safe. `transcribe` guards faster-whisper's own output, `verify` scores a transcript that
+thread-safe. Audio comes in as samples or as a request's undecoded audio (`guard.intake`), which
+the pipeline decodes as its first, timed stage ("decode"). `transcribe` guards faster-whisper's own output, `verify` scores a transcript that
 another system produced, `open_stream` does what `transcribe` does as audio arrives.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from guard.acoustic import VoiceActivity
 from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
 from guard.config import Device, Settings
 from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
+from guard.intake import AudioSource, PcmStream
 from guard.models import ResolvedModel, resolve
 from guard.policy import Policy
 from guard.policy import resolve as resolve_policy
@@ -130,20 +132,31 @@ class Guard:
                               default_mode=s.policy, config_flag=s.flag_threshold,
                               config_suppress=s.suppress_threshold, calibrated=bundle.calibration.thresholds)
 
-    def transcribe(self, audio: np.ndarray, options: RequestOptions, cancel: Cancel = None) -> GuardResult:
+    def transcribe(self, audio: np.ndarray | AudioSource, options: RequestOptions, cancel: Cancel = None) -> GuardResult:
+        samples, decoded = _decode(audio)
         session = self.open_stream(options)
-        session.push(audio)
-        return session.finish(cancel, include_fed=True)
+        session.push(samples)
+        result = session.finish(cancel, include_fed=True)
+        result.timings = {**decoded, **result.timings}
+        return result
+
+    @staticmethod
+    def decode(audio: np.ndarray | AudioSource) -> tuple[np.ndarray, dict[str, float]]:
+        """A request's audio as samples, and the decode stage's timing ({} for samples given as such)."""
+        return _decode(audio)
 
     def open_stream(self, options: RequestOptions) -> "StreamSession":
+        """A streaming session; `session.decode(pcm_stream, bytes)` turns PCM16 pieces into samples (timed)."""
         bundle = self.bundle(options.model)
         return StreamSession(self, bundle, options, self.policy(bundle, options))
 
-    def verify(self, audio: np.ndarray, transcript: list[TranscriptSegment], options: RequestOptions,
+    def verify(self, audio: np.ndarray | AudioSource, transcript: list[TranscriptSegment], options: RequestOptions,
                cancel: Cancel = None) -> GuardResult:
+        audio, decoded = _decode(audio)
         bundle = self.bundle(options.model)
         policy = self.policy(bundle, options)
-        timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
+        bundle.transcriber.options(beam_size=options.beam_size, language=options.language)  # transcribe's checks
+        timings = {**decoded, **dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)}
         windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
         scored: list[ScoredSegment] = []
         language = options.language
@@ -186,9 +199,10 @@ class Guard:
             window.no_speech_prob = float(np.exp(cache_lp[1]))
             window.compression_ratio = float(get_compression_ratio(tokenizer.decode(tokens).strip()))
             for seg, (lo, hi) in zip(segs, spans):
-                s_start = seg.start if timed else first / SAMPLE_RATE
-                s_end = seg.end if timed else (first + len(window_audio)) / SAMPLE_RATE
-                window.segments.append(Segment(index, w, float(s_start), float(s_end), " " + seg.text.strip(),
+                audio_end = (first + len(window_audio)) / SAMPLE_RATE  # times never run past the audio
+                s_end = min(seg.end, audio_end) if timed else audio_end
+                s_start = min(seg.start, s_end) if timed else first / SAMPLE_RATE
+                window.segments.append(Segment(index, w, float(s_start), float(s_end), seg.text.strip(),
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
@@ -276,8 +290,12 @@ class StreamSession:
 
     def __init__(self, guard: Guard, bundle: Bundle, options: RequestOptions, policy: Policy):
         self.guard, self.bundle, self.policy, self.options = guard, bundle, policy, options
-        self.asr_options = bundle.transcriber.options(beam_size=options.beam_size, language=options.language)
+        self.asr_options = bundle.transcriber.options(
+            beam_size=options.beam_size, language=options.language,
+            temperatures=[options.temperature] if options.temperature else None)
         self.state = DecodeState()
+        if options.prompt and options.prompt.strip():  # as faster-whisper's initial_prompt: previous text
+            self.state.all_tokens.extend(bundle.transcriber.tokenizer(options.language).encode(" " + options.prompt.strip()))
         self.chunks: list[np.ndarray] = []
         self.buffered = 0  # samples in chunks
         self.offset = 0  # absolute index of the first buffered sample
@@ -287,6 +305,20 @@ class StreamSession:
     @property
     def total_samples(self) -> int:
         return self.offset + self.buffered
+
+    def decode(self, pcm: PcmStream, pcm16: bytes, final: bool = False) -> np.ndarray:
+        """PCM16 bytes (any piece size) -> 16 kHz mono samples through `pcm`; `final` flushes. Timed
+        as the session's first stage, "decode"."""
+        if "decode" not in self.timings:
+            self.timings = {"decode": 0.0, **self.timings}
+        t0 = time.perf_counter()
+        try:
+            samples = pcm.push(pcm16)
+            if final:
+                samples = np.concatenate([samples, pcm.flush()])
+            return samples
+        finally:
+            self.timings["decode"] += time.perf_counter() - t0
 
     def push(self, samples: np.ndarray) -> None:
         if len(samples):
@@ -327,7 +359,7 @@ class StreamSession:
                 future.cancel()
         for _, timings in pending:
             for stage, seconds in timings.items():
-                if stage != "transcribe":
+                if stage not in ("decode", "transcribe"):
                     self.timings[stage] += seconds
         drop = max(0, min(len(audio), self.state.seek * HOP - self.offset))
         audio = audio[drop:]
@@ -335,6 +367,15 @@ class StreamSession:
         self.chunks, self.buffered = ([audio] if len(audio) else []), len(audio)
         self.emitted += out
         return out
+
+
+def _decode(audio: np.ndarray | AudioSource) -> tuple[np.ndarray, dict[str, float]]:
+    """Samples as given, or a request's audio decoded: (samples, {"decode": seconds} or {})."""
+    if isinstance(audio, np.ndarray):
+        return audio, {}
+    t0 = time.perf_counter()
+    samples = audio.decode()
+    return samples, {"decode": time.perf_counter() - t0}
 
 
 def locate(window: Window) -> list[tuple[int, int]]:

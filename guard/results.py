@@ -27,6 +27,8 @@ class RequestOptions(BaseModel):
     flag_threshold: float | None = Field(None, ge=0, le=1)
     suppress_threshold: float | None = Field(None, ge=0, le=1)
     return_features: bool = False
+    prompt: str | None = Field(None, max_length=4000)  # faster-whisper's initial_prompt
+    temperature: float | None = Field(None, gt=0, le=1)  # one sampling temperature instead of the ladder
 
 
 class TranscriptSegment(BaseModel):
@@ -83,4 +85,10 @@ class GuardResult:
     @property
     def text(self) -> str:
         """The transcript with suppressed segments left out."""
-        return "".join(s.segment.text for s in self.segments if s.verdict is not Verdict.suppress).strip()
+        return kept_text(self.segments)
+
+
+def kept_text(segments: list[ScoredSegment]) -> str:
+    """The segments' texts, suppressed ones left out, one space apart (segment texts carry no
+    leading or trailing space: Whisper's leading space is stripped where segments are made)."""
+    return " ".join(t for s in segments if s.verdict is not Verdict.suppress and (t := s.segment.text.strip()))

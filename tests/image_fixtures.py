@@ -87,7 +87,7 @@ class Container:
     image: str
     name: str = field(default_factory=lambda: unique_name("whisper-guard-test"))
     env: dict[str, str] = field(default_factory=dict)
-    ports: tuple[int, ...] = (GRPC_PORT, METRICS_PORT)  # container ports, each published on 127.0.0.1
+    ports: tuple[int, ...] = ()  # container ports published on 127.0.0.1; default: the manifest's
     started: float = 0.0  # time.monotonic() just before `podman run`
 
     def run_args(self) -> list[str]:
@@ -96,7 +96,8 @@ class Container:
         sc, psc = guard["securityContext"], pod["securityContext"]
         args = ["run", "--detach", "--name", self.name,
                 "--user", f"{psc['runAsUser']}:{psc['runAsGroup']}",
-                *(a for p in self.ports for a in ("--publish", f"127.0.0.1::{p}")),  # random host ports
+                *(a for p in self.ports or [p["containerPort"] for p in guard["ports"]]
+                  for a in ("--publish", f"127.0.0.1::{p}")),  # random free host ports
                 # no systemd here for podman's healthcheck timers: the tests run the HEALTHCHECK by hand
                 "--health-interval", "disable"]
         if sc.get("readOnlyRootFilesystem"):

@@ -24,6 +24,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import prometheus_binary
 
 from guard.config import Settings
 from guard.metrics import GuardMetrics
@@ -43,7 +44,7 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$namespace": ".*
 
 def need(binary: str) -> str:
     """The binary's path; CI must have promtool/prometheus (ensure-prometheus.sh), a dev box may skip."""
-    path = shutil.which(binary)
+    path = prometheus_binary(binary) if binary in ("promtool", "prometheus") else shutil.which(binary)
     if path is None:
         if os.environ.get("CI") and binary in ("promtool", "prometheus"):
             pytest.fail(f"{binary} missing in CI: deploy/scripts/ensure-prometheus.sh should install it")
@@ -376,18 +377,24 @@ def test_guard_is_a_hardened_native_sidecar(rendered, overlay):
     env = env_of(guard)
     grpc_port = int(env["WHISPER_GUARD_ADDRESS"].rpartition(":")[2])
     metrics_port = int(env["WHISPER_GUARD_METRICS_ADDRESS"].rpartition(":")[2])
+    http_port = int(env["WHISPER_GUARD_HTTP_ADDRESS"].rpartition(":")[2])
     ports = {p["name"]: p["containerPort"] for p in guard["ports"]}
-    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    assert ports == {"grpc": grpc_port, "guard-http": http_port, "metrics": metrics_port}
     app = next(c for c in pod["containers"] if c["name"] == "app")
     assert env_of(app)["WHISPER_GUARD_TARGET"] == f"localhost:{grpc_port}"
+    scheme = "https" if overlay.endswith("-tls") else "http"
+    assert env_of(app)["OPENAI_BASE_URL"] == f"{scheme}://localhost:{http_port}/v1"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = guard[probe]
         if overlay.endswith("-tls"):
             assert p["exec"]["command"] == ["/opt/whisper-guard/bin/whisper-guard-healthcheck"]
             assert "grpc" not in p
             assert p["timeoutSeconds"] > 4  # the health check's own RPC timeout is 4 s
-        else:
+        elif probe == "startupProbe":
             assert p["grpc"]["port"] == grpc_port  # kubelet's native gRPC health probe
+        else:  # the HTTP transport's own probes: /readyz (loaded, not draining) and /healthz (alive)
+            assert p["httpGet"]["port"] == "guard-http"
+            assert p["httpGet"]["path"] == {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}[probe]
     assert pod["terminationGracePeriodSeconds"] > float(env["WHISPER_GUARD_GRACE_SECONDS"])
 
 
@@ -419,14 +426,18 @@ def test_network_policy_keeps_grpc_inside_the_pod(rendered, overlay):
     assert "Ingress" in np["spec"]["policyTypes"]
     guard = guard_container(docs)
     grpc_port = next(p for p in guard["ports"] if p["name"] == "grpc")
+    http_port = next(p for p in guard["ports"] if p["name"] == "guard-http")
     for rule in np["spec"]["ingress"]:
         assert rule.get("ports"), "an ingress rule without ports opens every port, gRPC included"
         for p in rule["ports"]:
             assert p["port"] not in (grpc_port["name"], grpc_port["containerPort"])
+            assert p["port"] not in (http_port["name"], http_port["containerPort"])  # the HTTP API too
     metrics_rule = next(r for r in np["spec"]["ingress"] if any(p["port"] == "metrics" for p in r["ports"]))
     assert metrics_rule["from"], "metrics should be open to the monitoring namespace only"
     service = one(docs, "Service")
     assert all(p["targetPort"] != "grpc" and p["port"] != grpc_port["containerPort"] for p in service["spec"]["ports"])
+    assert all(p["targetPort"] != "guard-http" and p["port"] != http_port["containerPort"]
+               for p in service["spec"]["ports"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -605,3 +616,26 @@ def test_readme_explains_every_metric_and_alert():
     assert documented == families, (families - documented, documented - families)
     for name in alerts():
         assert f"`{name}`" in section, name
+
+
+def test_prometheus_env_var_points_at_an_existing_binary(tmp_path, monkeypatch):
+    """PROMETHEUS=/path/to/prometheus: ensure-prometheus.sh installs nothing and the tests use it."""
+    script = ROOT / "deploy" / "scripts" / "ensure-prometheus.sh"
+    bindir = tmp_path / "prom"
+    bindir.mkdir()
+    for name in ("prometheus", "promtool"):
+        (bindir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bindir / name).chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS": str(bindir / "prometheus")}
+    ok = run(["bash", str(script)], env=env)
+    assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == "", ok
+    (bindir / "promtool").unlink()
+    missing = run(["bash", str(script)], env=env)
+    assert missing.returncode == 1 and f"{bindir / 'promtool'} is not an executable" in missing.stderr
+    monkeypatch.setenv("PROMETHEUS", str(bindir / "prometheus"))
+    monkeypatch.delenv("PROMTOOL", raising=False)
+    assert prometheus_binary("prometheus") == str(bindir / "prometheus")
+    assert prometheus_binary("promtool") != str(bindir / "promtool")  # not beside it: PATH decides
+    (bindir / "promtool").write_text("#!/bin/sh\n")
+    (bindir / "promtool").chmod(0o755)
+    assert prometheus_binary("promtool") == str(bindir / "promtool")

@@ -37,13 +37,15 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
+from conftest import is_speech_text
 from grpc_fixtures import REPO, SPEECH, SPEECH_TEXT, pcm16, rpc_error, running_server, sample_value, wav_bytes
-from guard import server as server_module
+from guard.serving import auth as auth_module
+from guard.transports.grpc import server as server_module
 from guard.client import GuardClient, pcm16_chunks
 from guard.config import Settings
 from guard.grpc_gen import guard_pb2 as pb
 from guard.grpc_gen import guard_pb2_grpc
-from guard.server import BearerAuth
+from guard.transports.grpc.server import BearerAuth
 
 TOKENS = ["tok-alpha-8c1f0e", "tok-beta-a77d2b9c41", "t"]
 
@@ -105,7 +107,7 @@ def test_no_request_makes_ffmpeg_or_python_read_a_file(guard, canary):
     with running_server(guard) as server:
         assert len(_send_attacks(server.address, canary)) > 30
         with GuardClient(server.address) as c:
-            assert c.transcribe(canary).text == SPEECH_TEXT  # the canary is good audio when sent as bytes
+            assert is_speech_text(c.transcribe(canary).text)  # the canary is good audio when sent as bytes
 
 
 def _stop_traced(proc: subprocess.Popen) -> None:
@@ -144,7 +146,7 @@ def test_strace_sees_no_file_opened_by_any_request(canary, tmp_path):
         assert address, "".join(log)
         threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
         with GuardClient(address, timeout=60) as c:  # warm every path once (lazy imports open .py files)
-            assert c.transcribe(SPEECH).text == SPEECH_TEXT
+            assert is_speech_text(c.transcribe(SPEECH).text)
             rpc_error(c.transcribe, b"not audio")
         time.sleep(0.5)
         mark = trace.stat().st_size
@@ -177,13 +179,13 @@ def test_model_paths_are_refused_at_startup_when_not_allowed(tmp_path):
 
 def test_tokens_are_compared_as_digests_against_every_accepted_token(monkeypatch):
     calls = []
-    real = server_module.hmac.compare_digest
+    real = auth_module.hmac.compare_digest
 
     def counting(a, b):
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(server_module.hmac, "compare_digest", counting)
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", counting)
     auth = BearerAuth(TOKENS)
     for given, ok in [(TOKENS[0], True), (TOKENS[1], True), (TOKENS[2], True), ("x" * 5000, False),
                       ("tok-alpha-8c1f0", False), ("tok-alpha-8c1f0e0", False), ("", False)]:
@@ -217,7 +219,7 @@ def test_tokens_never_reach_logs_metrics_or_help(tmp_path):
         threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
         for token in TOKENS[:2]:
             with GuardClient(address, token=token, timeout=60) as c:
-                assert c.transcribe(SPEECH).text == SPEECH_TEXT
+                assert is_speech_text(c.transcribe(SPEECH).text)
                 rpc_error(c.transcribe, b"junk")  # an error path logs too
         with GuardClient(address, token=wrong) as c:
             assert rpc_error(c.transcribe, SPEECH).code() == grpc.StatusCode.UNAUTHENTICATED
