@@ -152,6 +152,11 @@ class Probe:
         self.names = [n for l in range(self.n_layers) for n in (pattern_name(l), out_name(l))] + list(LOGIT_OUTPUTS)
         self.threads = threads
         self.runs = 0
+        # hand the arena's free chunks back after each run: one long window (many tokens) would
+        # otherwise keep its activations' peak for the life of the process
+        self._run_options = ort.RunOptions()
+        if self.providers[0] == "CPUExecutionProvider":
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def _open_cached(self, model_bin: Path, cache: Path, model_sha: str | None, threads: int,
                      providers: list) -> None:
@@ -228,7 +233,7 @@ class Probe:
         tensors.update(stats)
         for name, value in tensors.items():
             io.bind_output(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, self._run_options)
         self.runs += 1
         if asked == 0:
             rows = rows[:0]
