@@ -144,6 +144,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 _HEAVY = {"serve": "run the gRPC service", "call": "call a running guard over gRPC"}
 
 
+def _needs_full_parser(words: list[str]) -> bool:
+    command = next((w for w in words if not w.startswith("-")), None)
+    return command in _HEAVY or command is None or "-h" in words or "--help" in words
+
+
 def build_parser(full: bool = True) -> argparse.ArgumentParser:
     """`full=False` leaves `serve` and `call` as stubs: their modules (gRPC, the service) are not
     imported on a `transcribe`/`verify`/`calibrate` start (0.3 s and ~20 MB a start)."""
@@ -203,10 +208,7 @@ def build_parser(full: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else argv
-    command = next((w for w in words if not w.startswith("-")), None)
-    full = command in _HEAVY or command is None or "-h" in words or "--help" in words
-    args = build_parser(full).parse_args(argv)
+    args = build_parser(_needs_full_parser(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
