@@ -120,6 +120,8 @@ def _write(graph: decoder_graph.DecoderGraph, directory: Path, key: str) -> None
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists() and _check(target) is not None:  # another process wrote it meanwhile: keep theirs
+        return
     if target.exists():  # a stale or corrupt one: move it aside, then swap
         trash = Path(tempfile.mkdtemp(prefix=".stale-", dir=target.parent))
         try:
