@@ -349,6 +349,11 @@ def test_guard_scores_on_the_fixtures_are_unchanged(guard, load_audio, monkeypat
             assert sa.score == pytest.approx(sb.score, abs=SCORE_ATOL), (clip.name, sa.segment.text)
             assert sa.verdict == sb.verdict
             for k, v in sb.features.items():
-                assert sa.features[k] == pytest.approx(v, rel=1e-3, abs=1e-4), (clip.name, k)
+                # power-law slopes read the smallest singular values of a float32 Gram matrix: the
+                # two paths' last bits move them most, and by CPU (2.7e-3 relative for
+                # nonspeech-sfx depth.cross_attn.pattern.slope_trend on an AMD EPYC host); the score
+                # they feed is held to SCORE_ATOL above
+                rel, abs_ = (1e-2, 1e-3) if "slope" in k else (1e-3, 1e-4)
+                assert sa.features[k] == pytest.approx(v, rel=rel, abs=abs_), (clip.name, k)
             n += 1
     assert n >= 3
