@@ -1,6 +1,11 @@
 """Overhead benchmark: the guard beside plain faster-whisper, on the same clips, in one run.
 
     python benchmarks/overhead.py --model tiny.en --model base [--repeats 3] [--device cpu]
+    python benchmarks/overhead.py --whole-process --model tiny.en --model base [--repeats 5]
+
+`--whole-process` compares fresh processes instead (`whisper-guard transcribe FILE` against a
+plain faster-whisper script, start-up included): see `benchmarks/whole_process.py`. Writes
+benchmarks/results/whole-<model>-cpu.{json,md}.
 
 For every model, three variants run on the same clips (5 s speech prompts, ~30 s mixtures and a
 few minutes of mixtures and speech concatenated), interleaved clip by clip in a rotating order
@@ -455,10 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blas-threads", type=int, default=0,
                    help="limit numpy's BLAS threads for every variant (0 = leave as the product does)")
     p.add_argument("--suffix", default="", help="appended to the output file names")
+    p.add_argument("--whole-process", action="store_true",
+                   help="fresh processes: whisper-guard transcribe FILE vs a plain faster-whisper script")
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "whisper-guard-bench",
+                   help="with --whole-process: where the input WAV files are written")
+    p.add_argument("--inputs", default="long,speech,clip1s", help="with --whole-process: which inputs")
     p.add_argument("--words", action="store_true", help="add (d): the guard with word timestamps on")
     p.add_argument("--rss-child", choices=VARIANTS, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     models = a.model or ["tiny.en", "base"]
+    if a.whole_process:
+        return main_whole_process(a, models)
     if a.rss_child:
         print(json.dumps(rss_child(models[0], a.device, a.rss_child, a.rss_seconds)))
         return 0
@@ -475,6 +487,38 @@ def main(argv: list[str] | None = None) -> int:
         stem = write(report, a.out, findings.get(model, []), a.suffix)
         print(markdown(report))
         print(f"wrote {stem}.json/.md/.png", file=sys.stderr)
+    return 0
+
+
+def main_whole_process(a: argparse.Namespace, models: list[str]) -> int:
+    from benchmarks import whole_process as wp
+    from guard.models import resolve
+
+    inputs = wp.build_inputs(BENCH, a.work)
+    wanted = a.inputs.split(",")
+    inputs = {k: v for k, v in inputs.items() if k in wanted}
+    print("inputs: " + ", ".join(f"{k} {v['seconds']:.1f}s ({v['origin']})" for k, v in inputs.items()),
+          file=sys.stderr)
+    findings = json.loads(a.findings.read_text()) if a.findings else {}
+    settings = Settings()
+    for model in models:
+        model_dir = str(resolve(model, cache=settings.model_cache).path)
+        wp.run_process(wp.commands(model, model_dir, inputs[wanted[-1]]["path"])["guard"])  # warm the caches
+        report = wp.bench(model, model_dir, inputs, a.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
+        import ctranslate2
+        import faster_whisper
+        import onnxruntime as ort
+
+        report["versions"] = {"ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
+                              "onnxruntime": ort.__version__, "python": platform.python_version()}
+        report["machine"] = {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()}
+        report["findings"] = findings.get(model, [])
+        a.out.mkdir(parents=True, exist_ok=True)
+        stem = a.out / f"whole-{model}-cpu{a.suffix}"
+        Path(f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        Path(f"{stem}.md").write_text(wp.markdown(report))
+        print(wp.markdown(report))
+        print(f"wrote {stem}.json/.md", file=sys.stderr)
     return 0
 
 

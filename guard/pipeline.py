@@ -19,6 +19,7 @@ from importlib import resources
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
 
+from guard import blas
 from guard import alignment, words as wording
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
@@ -104,7 +105,7 @@ class Guard:
         resolved = resolve(name, cache=self.settings.model_cache, allow_paths=allow_paths)
         transcriber = Transcriber(resolved, self.settings)
         probe = Probe(resolved.path / "model.bin", device=self.device, threads=self.settings.probe_threads,
-                      on_fallback=self._on_fallback)
+                      on_fallback=self._on_fallback, cache=self.settings.model_cache, model_sha=resolved.sha256 or None)
         try:
             calibration = scoring.load(resolved.name, self.settings.calibration)
             if not all(0.0 <= calibration.thresholds.get(k, -1.0) <= 1.0 for k in ("flag", "suppress")):
@@ -268,8 +269,14 @@ class Guard:
         rows) and the scored rows: the previous-text prompt is fed but never read."""
         t0 = time.perf_counter()
         seq = window.prompt + window.tokens
-        rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
-        targets = np.asarray(window.tokens, dtype=np.int64)
+        if read_rows is not None and extra_rows is None:
+            # the vocabulary projection (the probe's costliest matmul) only where the signature reads
+            rows = np.unique(read_rows)
+            targets = np.asarray(seq, dtype=np.int64)[rows + 1]
+        else:
+            rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
+            targets = np.asarray(window.tokens, dtype=np.int64)
+        n_main = len(rows)
         if extra_rows is not None:
             rows = np.concatenate([rows, extra_rows[0]])
             targets = np.concatenate([targets, extra_rows[1]])
@@ -278,7 +285,6 @@ class Guard:
                                              pattern_rows=None if read_rows is None else np.unique(read_rows))
         timings["probe"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        n_main = len(window.tokens)
         lp = np.full(len(seq), np.nan)
         ent = np.full(len(seq), np.nan)
         ok = np.zeros(len(seq), dtype=bool)
@@ -314,7 +320,8 @@ class Guard:
             sl = SegmentSlice(rows, frame_lo, frame_hi, i, len(window.segments))
             feats = text_features(seg.text if texts is None else texts[i], seg.start, seg.end, seg.avg_logprob,
                                   seg.no_speech_prob, seg.compression_ratio, seg.temperature, self.phrases)
-            feats.update(segment_features(ctx, sl))
+            with blas.single_threaded():  # see guard.blas
+                feats.update(segment_features(ctx, sl))
             rows_features.append(feats)
         timings["signature"] += time.perf_counter() - t0
         return rows_features
