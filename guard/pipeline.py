@@ -28,7 +28,8 @@ from guard.policy import Policy
 from guard.policy import resolve as resolve_policy
 from guard.probe.runner import Probe, ProbeCache
 from guard.results import GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment
-from guard.signature import SegmentSlice, WindowContext, segment_features, text_features
+from guard.geometry import window_context_features
+from guard.signature import SegmentSlice, WindowContext, align_distribution, normalise, segment_features, text_features
 
 log = logging.getLogger(__name__)
 Cancel = Callable[[], bool] | None
@@ -223,7 +224,7 @@ class Guard:
         ent[main_rows] = cache["logits.entropy"][:n_main]
         ok[main_rows] = cache["logits.argmax"][:n_main] == targets[:n_main]
         evidence = self.vad.evidence(window.audio, enabled=self.settings.vad)
-        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok)
+        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok, window.encoder_output)
         timings["signature"] += time.perf_counter() - t0
         return ctx, cache["logits.target_logprob"][n_main:]
 
@@ -242,7 +243,7 @@ class Guard:
     def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
                         policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
         t0 = time.perf_counter()
-        rows_features = []
+        rows_features, attention = [], []
         for i, (seg, rows) in enumerate(zip(window.segments, self._text_rows(bundle, window, spans))):
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
@@ -251,6 +252,10 @@ class Guard:
                                   seg.compression_ratio, seg.temperature, self.phrases)
             feats.update(segment_features(ctx, sl))
             rows_features.append(feats)
+            attention.append(align_distribution(ctx, rows))
+        for feats, extra in zip(rows_features, window_context_features(
+                attention, [normalise(seg.text).split() for seg in window.segments])):
+            feats.update(extra)
         timings["signature"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         out = []

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from guard.acoustic import FrameEvidence
+from guard.geometry import encoder_features, participation_ratio
 from guard.probe.decoder_graph import out_name, pattern_name
 from guard.probe.runner import ProbeCache
 
@@ -131,6 +132,7 @@ class WindowContext:
     token_logprob: np.ndarray  # by input position (nan where not scored)
     token_entropy: np.ndarray
     token_argmax_ok: np.ndarray
+    encoder_output: np.ndarray | None = None  # [1500, d] of the window (geometry features)
 
 
 # ---------------------------------------------------------------- the signature
@@ -169,6 +171,14 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
         for key, value in act.items():
             f[f"{pre_o}.{key}"] = float(value[l])
         f[f"{pre_o}.kirchhoff"] = float(kf[l])
+        f[f"{pre_o}.participation_ratio"] = participation_ratio(outs[l])
+        for h in range(n_heads):  # per head: the fit selects the heads that carry signal
+            pre_h = f"{pre_a}.heads.{h}"
+            f[f"{pre_h}.eff_rank_frac"] = float(att["eff_rank_frac"][l, h])
+            f[f"{pre_h}.slope"] = float(att["slope"][l, h])
+            f[f"{pre_h}.entropy"] = float(entropy[l, h].mean())
+            f[f"{pre_h}.nonspeech_mass"] = float(nonspeech_mass[l, h].mean())
+            f[f"{pre_h}.span_mass"] = float(span_mass[l, h].mean())
 
     # depth trends: compression and hardening across layers, gain and alignment of top modes
     er_att = att["eff_rank_frac"].mean(1)
@@ -216,7 +226,20 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     f["seg.n_tokens"] = float(n_rows)
     f["seg.index_in_window"] = float(seg.index_in_window)
     f["seg.n_in_window"] = float(seg.n_in_window)
+    f.update(encoder_features(ctx.encoder_output, seg.frame_lo, seg.frame_hi, n_frames))
     return f
+
+
+def align_distribution(ctx: WindowContext, rows: np.ndarray) -> np.ndarray:
+    """The alignment heads' attention over the window's real frames, averaged over the rows (sums to 1)."""
+    n_frames = max(1, ctx.evidence.n_frames)
+    patterns, _ = ctx.cache.select(rows)
+    content = patterns[..., :n_frames]
+    norm = content / np.maximum(content.sum(-1, keepdims=True), EPS)
+    heads = ctx.alignment_heads
+    align = norm[heads[:, 0], heads[:, 1]].mean(0) if len(heads) else norm[-1].mean(0)
+    d = align.mean(0) if len(align) else np.zeros(n_frames)
+    return d / max(float(d.sum()), EPS)
 
 
 def top_right_vectors(x: np.ndarray) -> np.ndarray:
