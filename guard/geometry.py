@@ -17,11 +17,30 @@ EPS = 1e-12
 MAX_FRAMES = 128  # frames of a long segment are subsampled to this many for the spectrum
 
 
-def _centred_eigs(x: np.ndarray) -> np.ndarray:
-    """Eigenvalues (descending, >= 0) of the centred rows' Gram matrix, on the smaller side."""
-    x = x.astype(np.float64) - x.mean(0, keepdims=True)
+def _centred_gram(x: np.ndarray) -> np.ndarray:
+    """Gram matrix of the centred rows, on the smaller side (same non-zero eigenvalues)."""
+    x = x.astype(np.float32) - x.mean(0, keepdims=True, dtype=np.float32)
     g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
-    return np.clip(np.linalg.eigvalsh(g)[::-1], 0.0, None)
+    return g.astype(np.float64)
+
+
+def _pr(g: np.ndarray) -> float:
+    # sum(lambda) = trace, sum(lambda^2) = squared Frobenius norm: no eigendecomposition needed
+    s2 = float(np.sum(g * g))
+    return float(np.trace(g) ** 2 / s2) if s2 > EPS else 0.0
+
+
+def _top_eig(g: np.ndarray, steps: int = 30) -> float:
+    """Largest eigenvalue of a PSD matrix by power iteration (from a fixed start: deterministic)."""
+    v = np.ones(g.shape[0]) / np.sqrt(g.shape[0])
+    lam = 0.0
+    for _ in range(steps):
+        w = g @ v
+        lam = float(np.linalg.norm(w))
+        if lam <= EPS:
+            return 0.0
+        v = w / lam
+    return float(v @ g @ v)
 
 
 def participation_ratio(x: np.ndarray) -> float:
@@ -30,9 +49,7 @@ def participation_ratio(x: np.ndarray) -> float:
     1 for rows on a line, n-1 at most for n rows; 0 for fewer than 2 rows or identical rows."""
     if x.shape[0] < 2:
         return 0.0
-    lam = _centred_eigs(x)
-    s2 = float(np.sum(lam**2))
-    return float(np.sum(lam) ** 2 / s2) if s2 > EPS else 0.0
+    return _pr(_centred_gram(x))
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,8 +71,9 @@ def encoder_features(encoder_output: np.ndarray | None, frame_lo: int, frame_hi:
     norms = np.linalg.norm(seg, axis=-1)
     mean = seg.mean(0)
     window_mean = encoder_output[:n_real].mean(0)
+    g = _centred_gram(seg) if len(seg) > 1 else np.zeros((1, 1))
     f = {
-        "encoder.output.segment.participation_ratio": participation_ratio(seg),
+        "encoder.output.segment.participation_ratio": _pr(g),
         "encoder.output.segment.norm_mean": float(norms.mean()),
         "encoder.output.segment.norm_cv": float(norms.std() / max(norms.mean(), EPS)),
         "encoder.output.segment.cos_window": _cos(mean, window_mean),
@@ -68,8 +86,8 @@ def encoder_features(encoder_output: np.ndarray | None, frame_lo: int, frame_hi:
         f["encoder.output.segment.cos_padding"] = _cos(mean, pad)
     else:
         f["encoder.output.segment.cos_padding"] = 0.0
-    lam = _centred_eigs(seg) if len(seg) > 1 else np.zeros(1)
-    f["encoder.output.segment.top1_share"] = float(lam[0] / max(lam.sum(), EPS)) if lam.sum() > EPS else 1.0
+    total_var = float(np.trace(g))
+    f["encoder.output.segment.top1_share"] = _top_eig(g) / total_var if total_var > EPS else 1.0
     return f
 
 

@@ -23,13 +23,13 @@ from guard.acoustic import VoiceActivity
 from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
 from guard.config import Device, Settings
 from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
+from guard.geometry import encoder_features, window_context_features
 from guard.models import ResolvedModel, resolve
 from guard.policy import Policy
 from guard.policy import resolve as resolve_policy
 from guard.probe.runner import Probe, ProbeCache
 from guard.results import GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment
-from guard.geometry import window_context_features
-from guard.signature import SegmentSlice, WindowContext, align_distribution, normalise, segment_features, text_features
+from guard.signature import SegmentSlice, WindowContext, normalise, segment_features, text_features
 
 log = logging.getLogger(__name__)
 Cancel = Callable[[], bool] | None
@@ -244,6 +244,8 @@ class Guard:
                         policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
         t0 = time.perf_counter()
         rows_features, attention = [], []
+        # encoder geometry costs a few % of the probe: only when the score uses it or features are asked for
+        geometry = return_features or bundle.calibration.uses("encoder.output.")
         for i, (seg, rows) in enumerate(zip(window.segments, self._text_rows(bundle, window, spans))):
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
@@ -251,8 +253,10 @@ class Guard:
             feats = text_features(seg.text, seg.start, seg.end, seg.avg_logprob, seg.no_speech_prob,
                                   seg.compression_ratio, seg.temperature, self.phrases)
             feats.update(segment_features(ctx, sl))
+            if geometry:
+                feats.update(encoder_features(ctx.encoder_output, frame_lo, frame_hi, ctx.evidence.n_frames))
             rows_features.append(feats)
-            attention.append(align_distribution(ctx, rows))
+            attention.append(sl.alignment)
         for feats, extra in zip(rows_features, window_context_features(
                 attention, [normalise(seg.text).split() for seg in window.segments])):
             feats.update(extra)

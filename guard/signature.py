@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from guard.acoustic import FrameEvidence
-from guard.geometry import encoder_features, participation_ratio
+from guard.geometry import participation_ratio
 from guard.probe.decoder_graph import out_name, pattern_name
 from guard.probe.runner import ProbeCache
 
@@ -120,6 +120,7 @@ class SegmentSlice:
     frame_hi: int
     index_in_window: int
     n_in_window: int
+    alignment: np.ndarray | None = None  # set by segment_features: the alignment heads' attention over frames
 
 
 @dataclass
@@ -194,6 +195,8 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     # alignment heads: where the decoder looks while writing each token
     heads = ctx.alignment_heads
     align = norm[heads[:, 0], heads[:, 1]].mean(0) if len(heads) else norm[-1].mean(0)  # [n, F]
+    mean_align = align.mean(0) if len(align) else np.zeros(n_frames)
+    seg.alignment = mean_align / max(float(mean_align.sum()), EPS)
     peaks = align.argmax(-1)
     steps = np.diff(peaks)
     span = max(1, seg.frame_hi - seg.frame_lo)
@@ -226,20 +229,7 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     f["seg.n_tokens"] = float(n_rows)
     f["seg.index_in_window"] = float(seg.index_in_window)
     f["seg.n_in_window"] = float(seg.n_in_window)
-    f.update(encoder_features(ctx.encoder_output, seg.frame_lo, seg.frame_hi, n_frames))
     return f
-
-
-def align_distribution(ctx: WindowContext, rows: np.ndarray) -> np.ndarray:
-    """The alignment heads' attention over the window's real frames, averaged over the rows (sums to 1)."""
-    n_frames = max(1, ctx.evidence.n_frames)
-    patterns, _ = ctx.cache.select(rows)
-    content = patterns[..., :n_frames]
-    norm = content / np.maximum(content.sum(-1, keepdims=True), EPS)
-    heads = ctx.alignment_heads
-    align = norm[heads[:, 0], heads[:, 1]].mean(0) if len(heads) else norm[-1].mean(0)
-    d = align.mean(0) if len(align) else np.zeros(n_frames)
-    return d / max(float(d.sum()), EPS)
 
 
 def top_right_vectors(x: np.ndarray) -> np.ndarray:
