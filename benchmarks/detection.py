@@ -251,7 +251,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     groups = groups_of(clips)
     hc_rows: list[dict] = []
     if hardcases is not None and hc_cache is not None and hc_cache.exists():
-        hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl")}
+        hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl")
+                    if not model.endswith(".en") or c.get("lang") in ("en", None)}
         hc_rows = load_rows(hc_cache, hc_clips)
         for cid, c in hc_clips.items():
             side[cid] = c["side"]

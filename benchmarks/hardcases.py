@@ -38,6 +38,7 @@ from guard.calibrate import split
 from guard.corpus import read_manifest
 
 SEED = 20261201
+FEATURE_SET = "sig2"  # as benchmarks/detection.py: the signature's feature set the cache holds
 SR = 16000
 DEFAULT_OUT = Path.home() / ".cache" / "whisper-guard" / "hardcases"
 FADE_S = 0.005
@@ -491,10 +492,14 @@ def extract(out: Path, model: str, cache: Path | None, max_minutes: float | None
     from guard.pipeline import Guard
     from guard.results import RequestOptions
 
-    cache = cache or out / f"{model}.jsonl"
+    cache = cache or out / f"{model}-{FEATURE_SET}.jsonl"
+    manifest = out / "manifest.jsonl"
+    if model.endswith(".en"):  # an English-only model: the English clips only
+        manifest = out / "manifest-en.jsonl"
+        manifest.write_text("".join(json.dumps(c) + "\n" for c in read(out) if c.get("lang") in ("en", None)))
     guard = Guard(Settings(model=model, max_concurrent=1), require_calibration=False)
     t0 = time.perf_counter()
-    for _ in runner.run(guard, out / "manifest.jsonl", cache, options=RequestOptions(return_features=True),
+    for _ in runner.run(guard, manifest, cache, options=RequestOptions(return_features=True),
                         progress=True):
         if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
             break

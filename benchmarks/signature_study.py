@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.hardcases is not None:
         hc_cache = a.hardcases / f"{a.model}-{detection.FEATURE_SET}.jsonl"
         if hc_cache.exists():
-            hc_clips = {c["id"]: c for c in read_manifest(a.hardcases / "manifest.jsonl")}
+            hc_clips = {c["id"]: c for c in read_manifest(a.hardcases / "manifest.jsonl")
+                        if not a.model.endswith(".en") or c.get("lang") in ("en", None)}
             hc = detection.load_rows(hc_cache, hc_clips)
             for cid, c in hc_clips.items():
                 side[cid], groups[cid], lang_of[cid] = c["side"], cid, c.get("lang")
