@@ -166,6 +166,8 @@ def extract(corpus: Path, model: str, cache: Path) -> None:
 def load_rows(cache: Path, clips: dict[str, dict], info_out: dict | None = None) -> list[dict]:
     segments, info = load(cache)
     rows = [r for r in label_segments(clips, [s for s in segments if s["id"] in clips])]
+    for r in rows:
+        r["lang"] = clips[r["id"]].get("lang")
     add_baseline_features(rows, {cid: i["duration"] for cid, i in info.items()})
     if info_out is not None:
         info_out.update(info)
@@ -180,6 +182,9 @@ def strata(val: list[dict]) -> dict[str, np.ndarray]:
     out = {
         "all": np.ones(len(val), bool),
         "clips that hold speech (speech + mixture)": np.array([holds_speech(r) for r in val]),
+        "English + non-speech clips (the held-out check's population)": np.array([r["lang"] in ("en", None)
+                                                                                   for r in val]),
+        "English clips that hold speech": np.array([holds_speech(r) and r["lang"] == "en" for r in val]),
         "stress mixtures": np.array([r["category"] == "stress" for r in val]),
         "shared window (speech + hallucination)": shared_window(val),
         **{f"kind={k}": np.array([r["kind"] == k for r in val]) for k in sorted({r["kind"] for r in val})},

@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--hardcases", type=Path)
     ap.add_argument("--no-gbt", action="store_true")
+    ap.add_argument("--english", action="store_true", help="English and non-speech clips only (the held-out "
+                    "check's population for tiny.en)")
+    ap.add_argument("--lolo", action="store_true", help="leave-one-language-out even for an English-only model "
+                    "(a smoke test of the code: tiny.en writes English over every other language)")
     a = ap.parse_args(argv)
     np.seterr(all="ignore")
     warnings.filterwarnings("ignore", module="sklearn")
@@ -226,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             hc_train = [r for r in hc if side[r["id"]] == "train"]
             rows += hc_train
             hc_note = f"{len(hc_train)} generated train segments ({sum(r['label'] for r in hc_train)} hallucinated)"
+    if a.english:
+        rows = [r for r in rows if lang_of.get(r["id"]) in ("en", None)]
     train = [r for r in rows if side[r["id"]] == "train"]
     all_f = sorted({k for r in train for k in r["features"] if not k.startswith("baseline.")})
     rel = window_relative(train, ["conf.avg_logprob", "tok.logprob_mean", "tok.logprob_min", "tok.entropy_mean"])
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     m = LogisticRegression(penalty="l1", C=0.1, solver="liblinear", class_weight="balanced", max_iter=3000).fit(z, y)
     kept = sorted(((f, float(c)) for f, c in zip(heads_only, m.coef_[0]) if abs(c) > 1e-6), key=lambda t: -abs(t[1]))
     lolo_rows = []
-    if any((lang_of.get(r["id"]) or "") in LANGS for r in train):
+    if (a.lolo or not a.model.endswith(".en")) and any((lang_of.get(r["id"]) or "") in LANGS for r in train):
         all_rows = detection.load_rows(cache, clips)
         rel_all = window_relative(all_rows, ["conf.avg_logprob", "tok.logprob_mean", "tok.logprob_min",
                                              "tok.entropy_mean"])
@@ -299,14 +305,17 @@ def main(argv: list[str] | None = None) -> int:
            "train_dev_segments": int(dev.sum()), "hallucinated": int(y.sum()), "candidates": results,
            "ablation": ablation, "l1_heads": kept[:30], "lolo": lolo_rows, "seconds": time.perf_counter() - t0}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"signature-study-{a.model}.json").write_text(json.dumps(out, indent=1, default=float))
-    (RESULTS / f"signature-study-{a.model}.md").write_text(markdown(out))
+    out["population"] = "English + non-speech clips" if a.english else "all DEV clips"
+    tag = f"{a.model}-en" if a.english else a.model
+    (RESULTS / f"signature-study-{tag}.json").write_text(json.dumps(out, indent=1, default=float))
+    (RESULTS / f"signature-study-{tag}.md").write_text(markdown(out))
     print(markdown(out))
     return 0
 
 
 def markdown(o: dict) -> str:
     L = [f"# Signature study: {o['model']} (grouped 5-fold CV on the DEV train side only)", "",
+         f"Population: {o.get('population', 'all DEV clips')}. "
          f"{o['train_dev_segments']} DEV train segments scored out of fold; generated hard cases in the fits: "
          f"{o['hardcases']}. Each candidate at its best regularisation on this CV (criterion of "
          f"guard.calibrate.choose_l2). Out-of-fold scores pooled.", "",
