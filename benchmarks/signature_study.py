@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         candidates.append((f"v1 + {g}", v1 + [f for f in all_f if group_of(f) == g], "logistic"))
     candidates.append(("v1 + participation ratio", v1 + [f for f in all_f if "participation_ratio" in f], "logistic"))
     candidates.append(("v2 + window-relative confidence", all_f + rel, "logistic"))
+    candidates.append(("v2 without encoder geometry (no extra cost)",
+                       [f for f in all_f if not f.startswith("encoder.output.")], "logistic"))
     if not a.no_gbt:
         candidates += [("signature v2, gradient-boosted trees", all_f, "gbt"),
                        ("signature v1, gradient-boosted trees", v1, "gbt")]
