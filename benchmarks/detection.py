@@ -50,6 +50,7 @@ BASELINE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compressio
 # features added in round 2 (issue 10): left out of the "signature v1" refit
 NEW_MARKERS = (".heads.", "participation_ratio", "encoder.output.", "window.")
 GUARD = "whisper-guard (signature v2, refit)"
+GUARD_NOENC = "whisper-guard (signature v2 without encoder geometry, refit)"
 BASELINE = "six-feature baseline (the bar)"
 
 
@@ -246,7 +247,7 @@ def science(model: str, val: list[dict]) -> dict:
 
 
 def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, hardcases: Path | None = None,
-             hc_cache: Path | None = None) -> dict:
+             hc_cache: Path | None = None, ship: str = "no-encoder") -> dict:
     from guard.pipeline import load_phrases
 
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
@@ -268,13 +269,17 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     all_features = sorted({k for r in rows for k in r["features"] if not k.startswith("baseline.")})
     v1_features = [f for f in all_features if not any(m in f for m in NEW_MARKERS)]
     guard_fit = fit_on_split(model, fit_rows, side, groups, all_features)
+    noenc_fit = fit_on_split(model, fit_rows, side, groups, [f for f in all_features
+                                                             if not f.startswith("encoder.output.")])
+    shipped_fit = noenc_fit if ship == "no-encoder" else guard_fit
     v1_fit = fit_on_split(model, fit_rows, side, groups, v1_features)
     base_fit = fit_on_split(model, fit_rows, side, groups, BASELINE_FEATURES,
                             transforms=dict.fromkeys(BASELINE_FEATURES, "identity"))
     conf_fit = fit_on_split(model, fit_rows, side, groups, CONFIDENCE_FEATURES)
     val = [r for r in rows if side[r["id"]] == "val"]
     y = np.array([r["label"] for r in val])
-    detectors = {GUARD: guard_fit.val_scores, "whisper-guard (signature v1, refit)": v1_fit.val_scores,
+    detectors = {GUARD: guard_fit.val_scores, GUARD_NOENC: noenc_fit.val_scores,
+                 "whisper-guard (signature v1, refit)": v1_fit.val_scores,
                  "whisper-guard (shipped calibration)": np.array([r["score"] for r in val]),
                  BASELINE: base_fit.val_scores, "confidence-only model": conf_fit.val_scores,
                  **anchor_scores(val, load_phrases())}
@@ -285,7 +290,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     if hc_val:
         yh = np.array([r["label"] for r in hc_val])
         hdet = {}
-        for name, fitted in ((GUARD, guard_fit), ("whisper-guard (signature v1, refit)", v1_fit),
+        for name, fitted in ((GUARD, guard_fit), (GUARD_NOENC, noenc_fit), ("whisper-guard (signature v1, refit)", v1_fit),
                              (BASELINE, base_fit), ("confidence-only model", conf_fit)):
             hdet[name] = fitted.calibration.score([r["features"] for r in hc_val])
         hdet["whisper-guard (shipped calibration)"] = np.array([r["score"] for r in hc_val])
@@ -294,7 +299,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
                     for c in sorted({r["category"] for r in hc_val})}}
         result_hc = {name: {d: evaluation.summary(yh[m], s[m]) for d, s in hdet.items()}
                      for name, m in masks.items() if m.sum() > 0}
-    policy = policy_numbers(val, guard_fit.val_scores, guard_fit.calibration.thresholds)
+    policy = policy_numbers(val, shipped_fit.val_scores, shipped_fit.calibration.thresholds)
+    shipped_policy = policy_numbers(val, np.array([r["score"] for r in val]), shipped_thresholds(model))
     baseline_policy = policy_numbers(val, base_fit.val_scores, base_fit.calibration.thresholds)
     timings = defaultdict(float)
     audio = 0.0
@@ -309,7 +315,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
               "baseline_coefficients": dict(zip(base_fit.calibration.features, base_fit.calibration.coef.tolist())),
               "confidence_fit": conf_fit.report, "table": table, "hardcase_table": result_hc,
               "hardcase_segments": {"train": sum(side[r["id"]] == "train" for r in hc_rows), "val": len(hc_val)},
-              "policy": policy, "baseline_policy": baseline_policy, "science": science(model, val),
+              "policy": policy, "baseline_policy": baseline_policy, "shipped_policy": shipped_policy,
+              "ship_candidate": ship, "noenc_fit": noenc_fit.report, "science": science(model, val),
               "stage_seconds": dict(timings), "audio_seconds": audio,
               "top_coefficients": [[f, float(c)] for f, c in coef[:25]]}
     result["roc"] = []
@@ -318,10 +325,16 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
         result["roc"].append({"name": d, "auroc": table["all"][d]["auroc"], "fpr": fpr, "tpr": tpr})
     if write_calibration:
         path = Path(__file__).resolve().parents[1] / "guard" / "calibration" / f"{model}.json"
-        path.write_text(json.dumps(guard_fit.calibration.to_json(), indent=1))
+        path.write_text(json.dumps(shipped_fit.calibration.to_json(), indent=1))
         result["calibration_written"] = str(path)
-    write_predictions(model, val, guard_fit)
+    write_predictions(model, val, shipped_fit)
     return result
+
+
+def shipped_thresholds(model: str) -> dict[str, float]:
+    from guard import score
+
+    return score.load(model).thresholds
 
 
 def write_predictions(model: str, val: list[dict], fitted) -> Path:
@@ -387,7 +400,9 @@ def markdown(result: dict) -> str:
     lines += ["## Default policy (validation)", "", "| action | threshold | recall | false rate (grounded) | "
               "halluc. words removed | non-speech halluc. words removed | grounded words removed |",
               "|---|---|---|---|---|---|---|"]
-    for action, m in [*result["policy"].items(), *((f"{a} (baseline)", m) for a, m in result["baseline_policy"].items())]:
+    for action, m in [*((f"{a} (refit, {result['ship_candidate']})", m) for a, m in result["policy"].items()),
+                      *((f"{a} (shipped calibration)", m) for a, m in result["shipped_policy"].items()),
+                      *((f"{a} (baseline)", m) for a, m in result["baseline_policy"].items())]:
         lines.append(f"| {action} | {m['threshold']:.4f} | {m['recall']:.3f} | {m['false_rate_grounded']:.4f} | "
                      f"{m['hallucinated_words_removed']:.3f} | {m['nonspeech_hallucinated_words_removed']:.3f} | "
                      f"{m['grounded_words_removed']:.4f} |")
@@ -436,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hardcase-cache", type=Path, help="their extraction (default <hardcases>/<model>-<FEATURE_SET>.jsonl)")
     ap.add_argument("--skip-extract", action="store_true", help="evaluate what the cache holds")
     ap.add_argument("--write-calibration", action="store_true", help="ship the fitted score in guard/calibration/")
+    ap.add_argument("--ship", choices=("no-encoder", "all"), default="no-encoder",
+                    help="which refit the default policy numbers and --write-calibration use")
     a = ap.parse_args(argv)
     cache = a.cache or CACHE_DIR / f"{a.model}-{FEATURE_SET}.jsonl"
     hc_cache = a.hardcase_cache or (a.hardcases / f"{a.model}-{FEATURE_SET}.jsonl" if a.hardcases else None)
@@ -443,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         extract(a.corpus, a.model, cache)
 
     np.seterr(all="ignore")
-    result = evaluate(a.model, a.corpus, cache, a.write_calibration, a.hardcases, hc_cache)
+    result = evaluate(a.model, a.corpus, cache, a.write_calibration, a.hardcases, hc_cache, a.ship)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"detection-{a.model}.json").write_text(
         json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=1, default=float))
