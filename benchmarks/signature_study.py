@@ -180,6 +180,15 @@ def lolo(rows: list[dict], side: dict[str, str], lang_of: dict[str, str | None],
     return out
 
 
+def alignment_heads(model: str) -> set[tuple[int, int]]:
+    """The model's alignment heads, from its config.json (as the guard reads them)."""
+    from guard.config import Settings
+    from guard.models import resolve
+
+    config = json.loads((resolve(model, cache=Settings().model_cache).path / "config.json").read_text())
+    return {(int(l), int(h)) for l, h in config.get("alignment_heads") or []}
+
+
 def window_relative(rows: list[dict], names: list[str]) -> list[str]:
     """Add `<name>.rel_window`: the feature minus its mean over the other segments of its clip's
     window (0 when the segment is alone): a language's offset cancels within the window."""
@@ -250,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     for g in ("per-head attention (pattern.heads.*)", "encoder geometry (encoder.output.*)",
               "window context (window.*)"):
         candidates.append((f"v1 + {g}", v1 + [f for f in all_f if group_of(f) == g], "logistic"))
+    heads = alignment_heads(a.model)
+    align_head_f = [f for f in all_f if ".heads." in f and (int(f.split(".")[2]), int(f.split(".")[6])) in heads]
+    candidates.append(("v1 + per-head, alignment heads only (config.json)", v1 + align_head_f, "logistic"))
     candidates.append(("v1 + participation ratio", v1 + [f for f in all_f if "participation_ratio" in f], "logistic"))
     candidates.append(("v2 + window-relative confidence", all_f + rel, "logistic"))
     candidates.append(("v2 without encoder geometry (no extra cost)",
