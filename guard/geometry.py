@@ -52,6 +52,17 @@ def participation_ratio(x: np.ndarray) -> float:
     return _pr(_centred_gram(x))
 
 
+def participation_ratios(x: np.ndarray) -> np.ndarray:
+    """`participation_ratio` of each [n, d] matrix in x [..., n, d] at once (via the n x n Gram)."""
+    if x.shape[-2] < 2:
+        return np.zeros(x.shape[:-2])
+    c = x.astype(np.float32) - x.mean(-2, keepdims=True, dtype=np.float32)
+    g = (c @ np.swapaxes(c, -1, -2)).astype(np.float64)
+    s2 = np.sum(g * g, axis=(-1, -2))
+    tr = np.trace(g, axis1=-2, axis2=-1)
+    return np.where(s2 > EPS, tr**2 / np.maximum(s2, EPS), 0.0)
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), EPS))
 

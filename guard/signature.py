@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from guard.acoustic import FrameEvidence
-from guard.geometry import participation_ratio
+from guard.geometry import participation_ratios
 from guard.probe.decoder_graph import out_name, pattern_name
 from guard.probe.runner import ProbeCache
 
@@ -160,6 +160,10 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     entropy = -np.sum(norm * np.log(np.maximum(norm, EPS)), -1) / np.log(max(n_frames, 2))  # [L, H, n]
     nonspeech_mass = (norm * ~speech).sum(-1)  # [L, H, n]
     span_mass = norm[..., lo:hi].sum(-1) if hi > lo else np.zeros_like(content_mass)
+    per_head = {"eff_rank_frac": att["eff_rank_frac"].tolist(), "slope": att["slope"].tolist(),  # [L][H] floats
+                "entropy": entropy.mean(-1).tolist(), "nonspeech_mass": nonspeech_mass.mean(-1).tolist(),
+                "span_mass": span_mass.mean(-1).tolist()}
+    pr_outs = participation_ratios(outs).tolist()  # intrinsic dimension of each layer's rows
     for l in range(n_layers):
         pre_a, pre_o = pattern_name(l), out_name(l)
         for key, value in att.items():
@@ -172,14 +176,11 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
         for key, value in act.items():
             f[f"{pre_o}.{key}"] = float(value[l])
         f[f"{pre_o}.kirchhoff"] = float(kf[l])
-        f[f"{pre_o}.participation_ratio"] = participation_ratio(outs[l])
+        f[f"{pre_o}.participation_ratio"] = pr_outs[l]
         for h in range(n_heads):  # per head: the fit selects the heads that carry signal
             pre_h = f"{pre_a}.heads.{h}"
-            f[f"{pre_h}.eff_rank_frac"] = float(att["eff_rank_frac"][l, h])
-            f[f"{pre_h}.slope"] = float(att["slope"][l, h])
-            f[f"{pre_h}.entropy"] = float(entropy[l, h].mean())
-            f[f"{pre_h}.nonspeech_mass"] = float(nonspeech_mass[l, h].mean())
-            f[f"{pre_h}.span_mass"] = float(span_mass[l, h].mean())
+            for key, values in per_head.items():
+                f[f"{pre_h}.{key}"] = values[l][h]
 
     # depth trends: compression and hardening across layers, gain and alignment of top modes
     er_att = att["eff_rank_frac"].mean(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from guard.geometry import encoder_features, participation_ratio, window_context_features
+from guard.geometry import encoder_features, participation_ratio, participation_ratios, window_context_features
 
 rng = np.random.default_rng(1)
 
@@ -60,3 +60,9 @@ def test_window_context_overlap_and_repetition():
     assert feats[1]["window.text.ngram_repeat"] == 1.0 and feats[2]["window.text.ngram_repeat"] == 0.0
     assert window_context_features([a], [[]]) == [{"window.align.overlap_prev": 0.0, "window.align.overlap_next": 0.0,
                                                    "window.text.ngram_repeat": 0.0, "window.text.duplicate": 0.0}]
+
+
+def test_batched_participation_ratio_matches_one_at_a_time():
+    x = rng.normal(size=(4, 9, 32)) @ np.diag(np.linspace(0.1, 3, 32))
+    np.testing.assert_allclose(participation_ratios(x), [participation_ratio(m) for m in x], rtol=1e-5)
+    assert participation_ratios(x[:, :1]).tolist() == [0.0] * 4
