@@ -6,8 +6,13 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUBSETS = ["all", "clips that hold speech (speech + mixture)", "stress mixtures", "shared window (speech + hallucination)",
-           "category=speech_in_noise", "category=nonspeech_then_speech", "kind=speech", "kind=mixture"]
+SUBSETS = ["all", "clips that hold speech (speech + mixture)", "English + non-speech clips (the held-out check's population)",
+           "English clips that hold speech", "stress mixtures", "shared window (speech + hallucination)"]
+SHORT = {"clips that hold speech (speech + mixture)": "holds speech",
+         "English + non-speech clips (the held-out check's population)": "English + non-speech",
+         "English clips that hold speech": "English, holds speech", "shared window (speech + hallucination)": "shared window",
+         "stress mixtures": "stress"}
+DETECTORS = ("whisper-guard (", "six-feature", "confidence-only", "no_speech_prob", "Silero", "avg_logprob")
 
 
 def table(model: str) -> str:
@@ -15,7 +20,7 @@ def table(model: str) -> str:
     cols = [s for s in SUBSETS if s in r["table"]]
     def n(s: str) -> str:
         m = r["table"][s][next(iter(r["table"][s]))]
-        return f"{s} ({m['n']}, {m['hallucinated']})"
+        return f"{SHORT.get(s, s)} ({m['n']}, {m['hallucinated']})"
 
     head = "| detector | " + " | ".join(n(s) for s in cols) + " |"
     lines = [f"**{model}**: {r['guard_fit']['val_clips']} validation clips, {r['guard_fit']['val_segments']} segments "
@@ -23,6 +28,8 @@ def table(model: str) -> str:
              "columns: stratum (segments, hallucinated)",
              "", head, "|---" * (len(cols) + 1) + "|"]
     for det in r["table"]["all"]:
+        if not det.startswith(DETECTORS):
+            continue
         cells = []
         for s in cols:
             m = r["table"][s][det]
