@@ -349,6 +349,9 @@ def test_guard_scores_on_the_fixtures_are_unchanged(guard, load_audio, monkeypat
             assert sa.score == pytest.approx(sb.score, abs=SCORE_ATOL), (clip.name, sa.segment.text)
             assert sa.verdict == sb.verdict
             for k, v in sb.features.items():
-                assert sa.features[k] == pytest.approx(v, rel=1e-3, abs=1e-4), (clip.name, k)
+                # one head's spectral slope on a near-rank-1 map (non-speech) is read from modes ~1e-3 below
+                # the top one, where ~2e-5 in the attention moves it by ~0.2%; averaged over heads it stays in 1e-3
+                rel = 1e-2 if ".heads." in k and k.endswith(".slope") else 1e-3
+                assert sa.features[k] == pytest.approx(v, rel=rel, abs=1e-4), (clip.name, k)
             n += 1
     assert n >= 3
