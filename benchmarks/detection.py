@@ -1,6 +1,7 @@
 """Detection benchmark: the guard's score against every anchor, on held-out clips of the corpus.
 
-    python benchmarks/detection.py --corpus ../shared/bench --model tiny.en [--write-calibration]
+    python benchmarks/detection.py [--corpus DIR] --model tiny.en [--write-calibration]
+    (the corpus: --corpus, else $WHISPER_GUARD_BENCH, else ../shared/bench)
         [--hardcases ~/.cache/whisper-guard/hardcases]
 
 1. extract: run every clip through the guard (resumable cache, by default
@@ -36,7 +37,7 @@ import numpy as np
 
 from guard import evaluation
 from guard.calibrate import CONFIDENCE_FEATURES, fit_on_split, groups_of, split
-from guard.corpus import load, read_manifest
+from guard.corpus import bench_dir, load, read_manifest
 from guard.labels import label_segments
 from guard.signature import normalise
 
@@ -443,7 +444,8 @@ def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[list[float], list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", type=Path, default=Path("../shared/bench"))
+    ap.add_argument("--corpus", type=Path, default=bench_dir(),
+                    help="the corpus folder (default $WHISPER_GUARD_BENCH, else ../shared/bench): %(default)s")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--cache", type=Path, help=f"extraction cache (default {CACHE_DIR}/<model>-{FEATURE_SET}.jsonl)")
     ap.add_argument("--hardcases", type=Path, help="generated hard cases (benchmarks/hardcases.py): train side joins "

@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from guard.audio import decode_file  # noqa: E402
 from guard.config import Settings  # noqa: E402
+from guard.corpus import bench_dir  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-BENCH = Path(os.environ.get("WHISPER_GUARD_BENCH", ROOT.parent / "shared" / "bench"))
+BENCH = bench_dir()  # $WHISPER_GUARD_BENCH, else ../shared/bench
 SR = 16000
 VARIANTS = ("plain", "hst", "guard")
 HST_SECONDS = 2.0  # hallucination_silence_threshold used for (b)

@@ -146,14 +146,18 @@ class Transcriber:
         window = Window(state.window_index, state.seek, n_frames, window_audio, encoder_output, prompt, tokens,
                         float(avg_logprob), float(result.no_speech_prob), float(compression_ratio),
                         float(temperature), state.language)
+        # Whisper's timestamps are multiples of 20 ms and can run past the audio (6.00 s on a 5.516 s
+        # file): clamp them to the window's real samples, so no time ever exceeds the audio.
+        audio_end = time_offset + len(window_audio) / SAMPLE_RATE
         for piece in pieces:
             text = tokenizer.decode(piece["tokens"])
             if piece["start"] == piece["end"] or not text.strip():
                 continue
             state.all_tokens.extend(piece["tokens"])
+            end = min(float(piece["end"]), audio_end)
             window.segments.append(Segment(
-                index=state.segment_index, window=state.window_index, start=float(piece["start"]),
-                end=float(piece["end"]), text=text, tokens=list(piece["tokens"]), avg_logprob=window.avg_logprob,
+                index=state.segment_index, window=state.window_index, start=min(float(piece["start"]), end),
+                end=end, text=text.strip(), tokens=list(piece["tokens"]), avg_logprob=window.avg_logprob,
                 no_speech_prob=window.no_speech_prob, compression_ratio=window.compression_ratio,
                 temperature=window.temperature))
             state.segment_index += 1

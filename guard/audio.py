@@ -101,6 +101,13 @@ def from_pcm16(data: bytes, sample_rate: int, *, channels: int = 1, max_seconds:
         raise AudioError(f"cannot resample raw PCM16 from {sample_rate} Hz: {_reason(e)}") from e
 
 
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """float32 samples to little-endian PCM16, the exact inverse of `from_pcm16` (x * 32768,
+    rounded, clipped): a 16-bit file decoded here and sent as PCM16 arrives as the same samples."""
+    x = np.asarray(samples, dtype=np.float64) * 32768.0
+    return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+
+
 def check_samples(samples: np.ndarray, *, max_seconds: float) -> np.ndarray:
     """Validate samples that are already 16 kHz mono float; return them as contiguous float32.
 
@@ -312,3 +319,14 @@ def _check_limit(max_seconds: float) -> None:
     if not isinstance(max_seconds, numbers.Real) or isinstance(max_seconds, bool) or math.isnan(max_seconds) \
             or max_seconds <= 0:
         raise ValueError(f"max_seconds must be a positive number; got {max_seconds!r}")
+
+
+if __name__ == "__main__":  # `python -m guard.audio FILE > FILE.pcm`: 16 kHz mono PCM16 of any audio file
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m guard.audio FILE > FILE.pcm   (16 kHz mono little-endian PCM16 on stdout)")
+    try:
+        sys.stdout.buffer.write(to_pcm16(decode_file(sys.argv[1], max_seconds=24 * 3600)))
+    except (AudioError, OSError) as e:
+        sys.exit(f"python -m guard.audio: {getattr(e, 'message', e)}")

@@ -13,16 +13,19 @@ from guard.results import GuardResult, RequestOptions, TranscriptSegment
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="tiny.en (default), base, small, or a CTranslate2 Whisper directory")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", help="tiny.en (default), base, or a CTranslate2 Whisper directory")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (default auto: CUDA when present)")
     p.add_argument("--compute-type", help="CTranslate2 compute type (default: int8 on cpu, float16 on cuda)")
     p.add_argument("--calibration", type=Path, help="calibration JSON from `whisper-guard calibrate`")
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=[m.value for m in PolicyMode], help="annotate | flag | suppress")
-    p.add_argument("--flag-threshold", type=float)
-    p.add_argument("--suppress-threshold", type=float)
+    p.add_argument("--flag-threshold", type=float, metavar="0..1",
+                   help="flag segments scoring at least this (default: the model's calibrated threshold)")
+    p.add_argument("--suppress-threshold", type=float, metavar="0..1",
+                   help="with --policy suppress, drop segments scoring at least this from the text "
+                        "(default: the model's calibrated threshold)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -35,6 +38,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _options(args: argparse.Namespace, **extra) -> RequestOptions:
     return RequestOptions(policy=getattr(args, "policy", None), flag_threshold=getattr(args, "flag_threshold", None),
                           suppress_threshold=getattr(args, "suppress_threshold", None), **extra)
+
+
+def _rounded(row: dict) -> dict:
+    """A --manifest row for people and diffs: times to the millisecond, other floats to 6 digits."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float):
+            v = round(v, 3) if k in ("start", "end") else float(f"{v:.6g}")
+        elif isinstance(v, dict):
+            v = _rounded(v)
+        out[k] = v
+    return out
 
 
 def _print_result(label: str, result: GuardResult, as_json: bool, key: str = "file") -> None:
@@ -65,21 +80,23 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from guard.pipeline import Guard
 
     if bool(args.manifest) == bool(args.files):
-        raise SystemExit("give audio FILEs, or --manifest M.jsonl with --out PRED.jsonl")
+        args.parser.error("give audio FILEs, or --manifest M.jsonl with --out PRED.jsonl")
+    if args.manifest and not args.out:
+        args.parser.error("--manifest needs --out PRED.jsonl")
     settings = settings_from(args)
     guard = Guard(settings)
     options = _options(args, language=args.language, return_features=args.features)
     if args.manifest:
-        if not args.out:
-            raise SystemExit("--manifest needs --out PRED.jsonl")
         n = 0
         with open(args.out, "w", encoding="utf-8") as out:
             tmp = Path(str(args.out) + ".clips")
             for line in corpus.run(guard, args.manifest, tmp, options=options,
                                    max_seconds=settings.max_audio_seconds):
                 n += 1
-            for seg in corpus.load(tmp)[0]:
-                out.write(json.dumps(seg, default=float, ensure_ascii=False) + "\n")
+            order = {c["id"]: i for i, c in enumerate(corpus.read_manifest(args.manifest))}
+            rows = sorted(corpus.load(tmp)[0], key=lambda r: order.get(r["id"], len(order)))  # manifest order
+            for seg in rows:
+                out.write(json.dumps(_rounded(seg), default=float, ensure_ascii=False) + "\n")
         print(f"wrote {args.out} ({n} clips transcribed; per-clip log {tmp})", file=sys.stderr)
         return 0
     for f in args.files:
@@ -96,8 +113,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         segs = [TranscriptSegment(**s) for s in json.loads(Path(args.segments).read_text())]
     elif args.text:
         segs = [TranscriptSegment(text=args.text)]
-    else:
-        raise SystemExit("give --text \"...\" or --segments SEGMENTS.json ([{text, start?, end?}, ...])")
+    else:  # argparse makes one of them required; an empty --text lands here
+        args.parser.error("give --text \"...\" or --segments SEGMENTS.json ([{text, start?, end?}, ...])")
     settings = settings_from(args)
     guard = Guard(settings)
     audio = decode_file(args.audio, max_seconds=settings.max_audio_seconds)
@@ -136,32 +153,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="whisper-guard", description=__doc__)
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("transcribe", help="transcribe audio and guard every segment")
-    t.add_argument("files", nargs="*", type=Path)
+    t.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                   help="audio files in any format FFmpeg decodes (or use --manifest)")
     t.add_argument("--json", action="store_true", help="one JSON object per segment")
     t.add_argument("--features", action="store_true", help="include the full signature (with --json)")
-    t.add_argument("--language")
+    t.add_argument("--language", help="ISO-639-1 code such as en (default: detected; English-only models: en)")
     t.add_argument("--manifest", type=Path, help="a corpus manifest (JSONL) to run instead of files")
     t.add_argument("--out", type=Path, help="with --manifest: predictions JSONL (one row per segment, with id)")
     _model_flags(t)
     _policy_flags(t)
-    t.set_defaults(func=cmd_transcribe)
+    t.set_defaults(func=cmd_transcribe, parser=t)
 
     v = sub.add_parser("verify", help="score a transcript produced by another ASR against the audio")
-    v.add_argument("audio", type=Path)
-    v.add_argument("--text")
-    v.add_argument("--segments", type=Path, help="JSON list of {text, start?, end?}")
-    v.add_argument("--json", action="store_true")
-    v.add_argument("--language")
+    v.add_argument("audio", type=Path, help="the audio the transcript is said to come from")
+    given = v.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", help="the whole transcript as one segment (audio up to 30 s)")
+    given.add_argument("--segments", type=Path, help="JSON list of {text, start?, end?}")
+    v.add_argument("--json", action="store_true", help="one JSON object per segment")
+    v.add_argument("--language", help="ISO-639-1 code such as en (default: detected; English-only models: en)")
     _model_flags(v)
     _policy_flags(v)
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=cmd_verify, parser=v)
 
     c = sub.add_parser("calibrate", help="refit the score on your own labelled corpus")
-    c.add_argument("--manifest", type=Path, required=True)
+    c.add_argument("--manifest", type=Path, required=True, help="a labelled corpus manifest (JSONL)")
     c.add_argument("--out", type=Path, required=True, help="calibration JSON to write")
     c.add_argument("--cache", type=Path, help="resumable feature cache (default OUT.features.jsonl)")
     _model_flags(c)

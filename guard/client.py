@@ -287,12 +287,13 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-key", type=Path, help="client key for mTLS")
     tls.add_argument("--server-name", help="expected name in the server certificate, if not the host")
     opts = parser.add_argument_group("options (unset = the server's default)")
-    opts.add_argument("--model")
-    opts.add_argument("--language")
-    opts.add_argument("--beam-size", type=int)
-    opts.add_argument("--policy", choices=sorted(_POLICIES))
-    opts.add_argument("--flag-threshold", type=float)
-    opts.add_argument("--suppress-threshold", type=float)
+    opts.add_argument("--model", help="a model name the server serves (e.g. tiny.en, base)")
+    opts.add_argument("--language", help="ISO-639-1 code such as en (default: detected)")
+    opts.add_argument("--beam-size", type=int, help="1..16")
+    opts.add_argument("--policy", choices=sorted(_POLICIES), help="annotate | flag | suppress")
+    opts.add_argument("--flag-threshold", type=float, metavar="0..1", help="flag segments scoring at least this")
+    opts.add_argument("--suppress-threshold", type=float, metavar="0..1",
+                      help="with --policy suppress, drop segments scoring at least this from the text")
     opts.add_argument("--features", action="store_true", help="ask for each segment's signature features")
     mode = parser.add_argument_group("mode")
     mode.add_argument("--verify", type=Path, metavar="TRANSCRIPT",
@@ -303,6 +304,13 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--realtime", action="store_true", help="stream at the pace of the audio")
     parser.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print the replies as JSON (one per line)")
+
+
+def to_json(message) -> str:
+    """One line of proto3 JSON, every field present (a zero `index` or `start_seconds` too) and
+    64-bit integers (`sequence`) as numbers, not strings."""
+    return json_format.MessageToJson(message, indent=None, always_print_fields_with_no_presence=True,
+                                     unquote_int64_if_possible=True, ensure_ascii=False)
 
 
 def _read_transcript(path: Path) -> list:
@@ -341,8 +349,11 @@ def run_call(args: argparse.Namespace) -> int:
         if args.stream:
             from guard.audio import decode_file
 
-            samples = decode_file(args.file, max_seconds=24 * 3600)
-            pcm = (samples.clip(-1, 1) * 32767).astype("<i2").tobytes()
+            from guard.audio import to_pcm16
+
+            # exactly the samples the server decodes from the file (x * 32768, the inverse of its
+            # PCM16 / 32768), so `--stream` gives the unary result
+            pcm = to_pcm16(decode_file(args.file, max_seconds=24 * 3600))
         else:
             data = Path(args.file).read_bytes()
     except (OSError, ValueError, KeyError) as e:
@@ -358,7 +369,7 @@ def run_call(args: argparse.Namespace) -> int:
                 chunks = pcm16_chunks(pcm, chunk_seconds=args.chunk_ms / 1000, realtime=args.realtime)
                 for event in client.stream(chunks, sample_rate=16000, **options):
                     if args.json:
-                        print(json_format.MessageToJson(event, indent=None), file=out, flush=True)
+                        print(to_json(event), file=out, flush=True)
                     elif event.WhichOneof("event") == "segment":
                         _print_segment(event.segment, out)
                     else:
@@ -369,9 +380,12 @@ def run_call(args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             rid = request_id_of(e)
             print(f"error: {e.code().name}: {e.details()}" + (f" (request id {rid})" if rid else ""), file=sys.stderr)
+            if e.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (e.details() or "").lower():
+                print(f"hint: no whisper-guard server answers at {args.address}; start one with `whisper-guard serve` "
+                      "(or give --address HOST:PORT)", file=sys.stderr)
             return 1
     if args.json:
-        print(json_format.MessageToJson(reply, indent=None), file=out)
+        print(to_json(reply), file=out)
         return 0
     for seg in reply.segments:
         _print_segment(seg, out)

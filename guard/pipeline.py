@@ -30,6 +30,7 @@ from guard.policy import resolve as resolve_policy
 from guard.probe.runner import Probe, ProbeCache
 from guard.results import GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment
 from guard.signature import SegmentSlice, WindowContext, normalise, segment_features, text_features
+from guard.verify_features import OwnDecode, align_window, logprob_features
 
 log = logging.getLogger(__name__)
 Cancel = Callable[[], bool] | None
@@ -61,6 +62,7 @@ class Bundle:
     probe: Probe
     calibration: scoring.Calibration
     alignment_heads: np.ndarray
+    verify_calibration: scoring.Calibration | None = None  # Verify's own; None: the detection one
 
 
 class Guard:
@@ -111,11 +113,17 @@ class Guard:
             if self.require_calibration:
                 raise
             calibration = scoring.neutral(resolved.name)
+        try:
+            verify_calibration = scoring.load(f"verify-{resolved.name}")
+        except ModelError:  # no shipped verify calibration for this model
+            verify_calibration = None if self.require_calibration else scoring.neutral(resolved.name)
+            if verify_calibration is None:
+                log.warning("no verify calibration for %s: Verify uses the detection calibration", resolved.name)
         config = json.loads((resolved.path / "config.json").read_text())
         heads = np.array(config.get("alignment_heads") or [], dtype=np.int64).reshape(-1, 2)
         log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
                  transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
-        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads)
+        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration)
 
     # ------------------------------------------------------------ public calls
     def bundle(self, name: str | None) -> Bundle:
@@ -125,11 +133,12 @@ class Guard:
             raise UnknownModel(f"model {name!r} is not served here; available: {', '.join(self.model_names)}")
         return self.bundles[name]
 
-    def policy(self, bundle: Bundle, options: RequestOptions) -> Policy:
+    def policy(self, bundle: Bundle, options: RequestOptions, calibration: scoring.Calibration | None = None
+               ) -> Policy:
         s = self.settings
         return resolve_policy(options.policy, options.flag_threshold, options.suppress_threshold,
-                              default_mode=s.policy, config_flag=s.flag_threshold,
-                              config_suppress=s.suppress_threshold, calibrated=bundle.calibration.thresholds)
+                              default_mode=s.policy, config_flag=s.flag_threshold, config_suppress=s.suppress_threshold,
+                              calibrated=(calibration or bundle.calibration).thresholds)
 
     def transcribe(self, audio: np.ndarray, options: RequestOptions, cancel: Cancel = None) -> GuardResult:
         session = self.open_stream(options)
@@ -143,7 +152,9 @@ class Guard:
     def verify(self, audio: np.ndarray, transcript: list[TranscriptSegment], options: RequestOptions,
                cancel: Cancel = None) -> GuardResult:
         bundle = self.bundle(options.model)
-        policy = self.policy(bundle, options)
+        calibration = bundle.verify_calibration or bundle.calibration
+        policy = self.policy(bundle, options, calibration)
+        bundle.transcriber.options(beam_size=options.beam_size, language=options.language)  # transcribe's checks
         timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
         windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
         scored: list[ScoredSegment] = []
@@ -155,14 +166,13 @@ class Guard:
             t0 = time.perf_counter()
             first = int(round(start * SAMPLE_RATE / HOP)) * HOP
             window_audio = audio[first:first + WINDOW_SAMPLES]
-            encoded, encoder_output, n_frames = bundle.transcriber.encode(window_audio)
-            if language is None:
-                language = bundle.transcriber._detect_language(encoded)
+            encoder_output, n_frames, language, own = self._encode_and_decode(bundle, window_audio, language, options)
             tokenizer = bundle.transcriber.tokenizer(language)
             prompt = list(tokenizer.sot_sequence) + ([] if timed else [tokenizer.no_timestamps])
+            aligned = align_window([seg.text for seg in segs], own.text, language)
             tokens, spans = [], []
-            for seg in segs:
-                text_tokens = tokenizer.encode(" " + seg.text.strip())
+            for seg, canon in zip(segs, aligned):
+                text_tokens = tokenizer.encode(" " + canon.canonical.strip())
                 if not text_tokens:
                     raise TranscriptError(f"segment {seg.text!r} has no tokens")
                 lo = len(tokens)
@@ -187,14 +197,34 @@ class Guard:
             window.no_speech_prob = float(np.exp(cache_lp[1]))
             window.compression_ratio = float(get_compression_ratio(tokenizer.decode(tokens).strip()))
             for seg, (lo, hi) in zip(segs, spans):
-                s_start = seg.start if timed else first / SAMPLE_RATE
-                s_end = seg.end if timed else (first + len(window_audio)) / SAMPLE_RATE
-                window.segments.append(Segment(index, w, float(s_start), float(s_end), " " + seg.text.strip(),
+                audio_end = (first + len(window_audio)) / SAMPLE_RATE  # times never run past the audio
+                s_end = min(seg.end, audio_end) if timed else audio_end
+                s_start = min(seg.start, s_end) if timed else first / SAMPLE_RATE
+                window.segments.append(Segment(index, w, float(s_start), float(s_end), seg.text.strip(),
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
-            scored += self._score_segments(bundle, window, ctx, spans, policy, options.return_features, timings)
+            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned])
+            for feats, canon in zip(rows, aligned):
+                feats.update(canon.features)
+                feats.update(logprob_features(feats["tok.logprob_mean"], window.avg_logprob, own))
+            scored += self._score(calibration, window, rows, policy, options.return_features, timings)
         return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings)
+
+    def _encode_and_decode(self, bundle: Bundle, window_audio: np.ndarray, language: str | None,
+                           options: RequestOptions) -> tuple[np.ndarray, int, str, OwnDecode]:
+        """Encode a verify window once and decode it (greedy unless the request sets a beam; no previous text)."""
+        encoded, encoder_output, n_frames = bundle.transcriber.encode(window_audio)
+        if language is None:
+            language = bundle.transcriber._detect_language(encoded)
+        tokenizer = bundle.transcriber.tokenizer(language)
+        asr_options = bundle.transcriber.options(beam_size=options.beam_size or 1, language=language)  # greedy: cheap
+        prompt = bundle.transcriber.whisper.get_prompt(tokenizer, [], without_timestamps=False)
+        result, avg_logprob, _, _ = bundle.transcriber.whisper.generate_with_fallback(encoded, prompt, tokenizer,
+                                                                                     asr_options)
+        own = OwnDecode(tokenizer.decode(list(result.sequences_ids[0])).strip(), float(avg_logprob),
+                        float(result.no_speech_prob))
+        return encoder_output, n_frames, language, own
 
     # ------------------------------------------------------------ shared stages
     def _probe(self, bundle: Bundle, window: Window, extra_rows: tuple[np.ndarray, np.ndarray] | None,
@@ -240,8 +270,9 @@ class Guard:
             out.append(len(window.prompt) - 1 + (text_pos if len(text_pos) else positions))
         return out
 
-    def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
-                        policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
+    def _segment_features(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
+                          timings: dict[str, float], texts: list[str] | None = None) -> list[dict[str, float]]:
+        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text)."""
         t0 = time.perf_counter()
         rows_features, attention = [], []
         # encoder geometry costs a few % of the probe: only when the score uses it or features are asked for
@@ -250,23 +281,29 @@ class Guard:
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
             sl = SegmentSlice(rows, frame_lo, frame_hi, i, len(window.segments))
-            feats = text_features(seg.text, seg.start, seg.end, seg.avg_logprob, seg.no_speech_prob,
-                                  seg.compression_ratio, seg.temperature, self.phrases)
+            feats = text_features(seg.text if texts is None else texts[i], seg.start, seg.end, seg.avg_logprob,
+                                  seg.no_speech_prob, seg.compression_ratio, seg.temperature, self.phrases)
             feats.update(segment_features(ctx, sl))
             if geometry:
                 feats.update(encoder_features(ctx.encoder_output, frame_lo, frame_hi, ctx.evidence.n_frames))
             rows_features.append(feats)
             attention.append(sl.alignment)
         for feats, extra in zip(rows_features, window_context_features(
-                attention, [normalise(seg.text).split() for seg in window.segments])):
+                attention, [normalise(seg.text if texts is None else texts[i]).split()
+                            for i, seg in enumerate(window.segments)])):
             feats.update(extra)
         timings["signature"] += time.perf_counter() - t0
+        return rows_features
+
+    @staticmethod
+    def _score(calibration: scoring.Calibration, window: Window, rows_features: list[dict[str, float]],
+               policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
         t0 = time.perf_counter()
         out = []
         if rows_features:
-            scores = bundle.calibration.score(rows_features)
+            scores = calibration.score(rows_features)
             for seg, feats, s in zip(window.segments, rows_features, scores):
-                out.append(ScoredSegment(seg, float(s), policy.decide(float(s)), bundle.calibration.reasons(feats),
+                out.append(ScoredSegment(seg, float(s), policy.decide(float(s)), calibration.reasons(feats),
                                          feats if return_features else None))
         timings["score"] += time.perf_counter() - t0
         return out
@@ -277,7 +314,8 @@ class Guard:
         rows = self._text_rows(bundle, window, spans)
         read = np.concatenate(rows) if rows else None
         ctx, _ = self._probe(bundle, window, None, timings, read_rows=read)
-        return self._score_segments(bundle, window, ctx, spans, policy, return_features, timings)
+        rows_features = self._segment_features(bundle, window, ctx, spans, timings)
+        return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
 
 
 class StreamSession:

@@ -83,4 +83,10 @@ class GuardResult:
     @property
     def text(self) -> str:
         """The transcript with suppressed segments left out."""
-        return "".join(s.segment.text for s in self.segments if s.verdict is not Verdict.suppress).strip()
+        return kept_text(self.segments)
+
+
+def kept_text(segments: list[ScoredSegment]) -> str:
+    """The segments' texts, suppressed ones left out, one space apart (segment texts carry no
+    leading or trailing space: Whisper's leading space is stripped where segments are made)."""
+    return " ".join(t for s in segments if s.verdict is not Verdict.suppress and (t := s.segment.text.strip()))

@@ -338,7 +338,9 @@ class GuardServer:
             from importlib import metadata
 
             try:
-                version = metadata.version("whisper-guard")
+                from guard import DISTRIBUTION
+
+                version = metadata.version(DISTRIBUTION)
             except metadata.PackageNotFoundError:
                 version = "dev"
             self.metrics.set_model_info(list(guard.model_names), guard.device, version)

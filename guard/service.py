@@ -26,7 +26,7 @@ import numpy as np
 from google.protobuf.message import Message
 from pydantic import ValidationError
 
-from guard import audio
+from guard import audio, results
 from guard.config import PolicyMode, Settings
 from guard.errors import AudioError, AudioTooLong, Cancelled, GuardError, OptionsError, TranscriptError
 from guard.grpc_gen import guard_pb2 as pb
@@ -184,7 +184,7 @@ def segment_to_pb(s: ScoredSegment, with_features: bool) -> pb.Segment:
 
 def kept_text(segments: list[ScoredSegment]) -> str:
     """The transcript without suppressed segments (the same rule as GuardResult.text)."""
-    return "".join(s.segment.text for s in segments if s.verdict is not Verdict.suppress).strip()
+    return results.kept_text(segments)
 
 
 def summary_to_pb(result: GuardResult, segments: list[ScoredSegment], processing: float, queued: float) -> pb.Summary:

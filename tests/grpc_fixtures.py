@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 
-from guard.audio import decode_file
+from guard.audio import decode_file, to_pcm16
 from guard.config import Settings
 from guard.metrics import GuardMetrics
 from guard.server import GuardServer
@@ -34,8 +33,7 @@ SAMPLE_RATE = 16000
 @functools.cache
 def pcm16(path: Path) -> bytes:
     """A clip as 16 kHz mono little-endian PCM16 (what the streaming tests send)."""
-    samples = decode_file(path, max_seconds=3600)
-    return np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return to_pcm16(decode_file(path, max_seconds=3600))  # exact: the samples the file decodes to
 
 
 def seconds_of(pcm: bytes) -> float:

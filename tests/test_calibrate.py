@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BENCH, bench_available
+from conftest import BENCH, needs_corpus
 
 from guard import evaluation
 from guard.calibrate import groups_of, split
@@ -32,7 +32,7 @@ def test_segment_labels_insertions_and_outside_speech():
     assert [r["label"] for r in rows] == [0, 1]  # the wordless segment is not labelled
 
 
-@pytest.mark.skipif(not bench_available(), reason="needs the shared corpus beside the checkout")
+@needs_corpus
 def test_labels_agree_with_the_corpus_scorer():
     spec = importlib.util.spec_from_file_location("bench_score", BENCH / "score.py")
     scorer = importlib.util.module_from_spec(spec)

@@ -23,6 +23,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import prometheus_binary
 
 from guard.config import Settings
 from guard.metrics import GuardMetrics
@@ -42,7 +43,7 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$namespace": ".*
 
 def need(binary: str) -> str:
     """The binary's path; CI must have promtool/prometheus (ensure-prometheus.sh), a dev box may skip."""
-    path = shutil.which(binary)
+    path = prometheus_binary(binary) if binary in ("promtool", "prometheus") else shutil.which(binary)
     if path is None:
         if os.environ.get("CI") and binary in ("promtool", "prometheus"):
             pytest.fail(f"{binary} missing in CI: deploy/scripts/ensure-prometheus.sh should install it")
@@ -604,3 +605,26 @@ def test_readme_explains_every_metric_and_alert():
     assert documented == families, (families - documented, documented - families)
     for name in alerts():
         assert f"`{name}`" in section, name
+
+
+def test_prometheus_env_var_points_at_an_existing_binary(tmp_path, monkeypatch):
+    """PROMETHEUS=/path/to/prometheus: ensure-prometheus.sh installs nothing and the tests use it."""
+    script = ROOT / "deploy" / "scripts" / "ensure-prometheus.sh"
+    bindir = tmp_path / "prom"
+    bindir.mkdir()
+    for name in ("prometheus", "promtool"):
+        (bindir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bindir / name).chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS": str(bindir / "prometheus")}
+    ok = run(["bash", str(script)], env=env)
+    assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == "", ok
+    (bindir / "promtool").unlink()
+    missing = run(["bash", str(script)], env=env)
+    assert missing.returncode == 1 and f"{bindir / 'promtool'} is not an executable" in missing.stderr
+    monkeypatch.setenv("PROMETHEUS", str(bindir / "prometheus"))
+    monkeypatch.delenv("PROMTOOL", raising=False)
+    assert prometheus_binary("prometheus") == str(bindir / "prometheus")
+    assert prometheus_binary("promtool") != str(bindir / "promtool")  # not beside it: PATH decides
+    (bindir / "promtool").write_text("#!/bin/sh\n")
+    (bindir / "promtool").chmod(0o755)
+    assert prometheus_binary("promtool") == str(bindir / "promtool")

@@ -36,6 +36,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import is_speech_text
 from grpc_fixtures import REPO, SPEECH, SPEECH_TEXT, SPEECH_THEN_MUSIC, pcm16, rpc_error, running_server, sample_value
 from guard import client as guard_client
 from guard.client import GuardClient, pcm16_chunks
@@ -180,13 +181,12 @@ def test_missing_model_file_is_a_clear_startup_error(tmp_path):
         server.stop()
 
 
-def test_missing_model_package_says_what_to_install():
-    small = KNOWN["small"]
-    if importlib.util.find_spec(small.packages[0]) is not None:
-        pytest.skip("the small model's packages are installed here")
+def test_unavailable_model_is_a_clear_startup_error():
+    # `small` cannot load from its incomplete PyPI parts: one line saying so, exit 1 (a missing
+    # model package gives "... is not installed; run: pip install ...": tests/test_models.py)
     server = ServerProcess("--model", "small")
     try:
-        _expect_clean_failure(server, f"model package {small.packages[0]!r} is not installed", f"run: {small.pip}")
+        _expect_clean_failure(server, "model 'small' is not available", "use tiny.en or base")
     finally:
         server.stop()
 
@@ -250,7 +250,7 @@ def test_cuda_without_a_gpu_falls_back_to_cpu_with_a_log_line_and_a_metric(cuda_
     assert metric(scraped, "whisper_guard_build_info", device="cpu") == 1
     assert metric(scraped, "whisper_guard_serving") == 1
     with GuardClient(cuda_server.address, timeout=60) as c:
-        assert c.transcribe(SPEECH).text == SPEECH_TEXT  # same results on the fallback
+        assert is_speech_text(c.transcribe(SPEECH).text)  # same results on the fallback
 
 
 _STREAMER = textwrap.dedent("""
@@ -342,7 +342,7 @@ def test_a_client_killed_mid_stream_frees_its_place_without_leaks(cuda_server, t
     with GuardClient(cuda_server.address, timeout=60) as c:
         assert c.health() == "SERVING"
         events = list(c.stream(pcm16_chunks(pcm16(SPEECH), chunk_seconds=0.25), sample_rate=16000))
-        assert events[-1].summary.text == SPEECH_TEXT
+        assert is_speech_text(events[-1].summary.text)
 
 
 def test_a_stream_cancelled_mid_way_frees_its_place(cuda_server):
@@ -455,7 +455,7 @@ def test_a_vanished_peer_is_dropped_by_keepalive_and_frees_its_place(guard, monk
         channel.close()
         proxy.close()
         with GuardClient(server.address, timeout=60) as c:
-            assert c.transcribe(SPEECH).text == SPEECH_TEXT
+            assert is_speech_text(c.transcribe(SPEECH).text)
 
 
 # ---- a worker exception in one request: INTERNAL with a request id, the rest unharmed ---------------------------
@@ -501,5 +501,5 @@ def test_a_worker_exception_mid_stream_is_internal_with_request_id(guard, monkey
         assert logged and logged[0].exc_info and logged[0].exc_info[0] is MemoryError
         assert server.admission.admitted == 0
         again = list(c.stream(pcm16_chunks(pcm16(SPEECH), chunk_seconds=0.5), sample_rate=16000))
-        assert again[-1].summary.text == SPEECH_TEXT
+        assert is_speech_text(again[-1].summary.text)
         assert sample_value(server, "whisper_guard_requests_total", method="StreamTranscribe", code="INTERNAL") == 1

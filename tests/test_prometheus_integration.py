@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,16 +30,17 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+from conftest import prometheus_binary
 
 from guard.audio import decode_file
 from guard.client import VERDICT_NAMES, GuardClient, pcm16_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-AUDIO = ROOT.parent / "shared" / "bench" / "audio"
-SPEECH = AUDIO / "ast-en-agent-alreadyon.flac"  # clear English speech
-NONSPEECH = AUDIO / "fil-sfx-sp-bubles-04.flac"  # bubbling water; tiny.en invents "Thank you for watching!"
-LONG = AUDIO / "mix-stn-d009.flac"  # 36 s: keeps the only inference slot busy for a while
+AUDIO = ROOT / "tests" / "fixtures"  # committed clips: the test needs no corpus
+SPEECH = AUDIO / "speech-agent-alreadyon.flac"  # clear English speech
+NONSPEECH = AUDIO / "nonspeech-music.flac"  # a tabla loop; tiny.en invents "Thanks for watching!" (score ~0.999)
+LONG = AUDIO / "mixture-speech-then-music-36s.flac"  # 36 s: keeps the only inference slot busy for a while
 MODEL = "tiny.en"
 DASHBOARD = DEPLOY / "grafana" / "whisper-guard.json"
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$namespace": ".*", "$job": "whisper-guard",
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow
 
 
 def need(binary: str) -> str:
-    path = shutil.which(binary)
+    path = prometheus_binary(binary)  # $PROMETHEUS, else PATH
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{binary} missing in CI: deploy/scripts/ensure-prometheus.sh should install it")
@@ -202,8 +202,6 @@ class Calls:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    for clip in (SPEECH, NONSPEECH, LONG):
-        assert clip.is_file(), f"{clip} missing: the shared bench audio sits beside the repository"
     tmp = tmp_path_factory.mktemp("prom-integration")
     guard = Guard(tmp)
     prom = None

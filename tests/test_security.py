@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
+from conftest import is_speech_text
 from grpc_fixtures import REPO, SPEECH, SPEECH_TEXT, pcm16, rpc_error, running_server, sample_value, wav_bytes
 from guard import server as server_module
 from guard.client import GuardClient, pcm16_chunks
@@ -105,7 +106,7 @@ def test_no_request_makes_ffmpeg_or_python_read_a_file(guard, canary):
     with running_server(guard) as server:
         assert len(_send_attacks(server.address, canary)) > 30
         with GuardClient(server.address) as c:
-            assert c.transcribe(canary).text == SPEECH_TEXT  # the canary is good audio when sent as bytes
+            assert is_speech_text(c.transcribe(canary).text)  # the canary is good audio when sent as bytes
 
 
 def _stop_traced(proc: subprocess.Popen) -> None:
@@ -144,7 +145,7 @@ def test_strace_sees_no_file_opened_by_any_request(canary, tmp_path):
         assert address, "".join(log)
         threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
         with GuardClient(address, timeout=60) as c:  # warm every path once (lazy imports open .py files)
-            assert c.transcribe(SPEECH).text == SPEECH_TEXT
+            assert is_speech_text(c.transcribe(SPEECH).text)
             rpc_error(c.transcribe, b"not audio")
         time.sleep(0.5)
         mark = trace.stat().st_size
@@ -217,7 +218,7 @@ def test_tokens_never_reach_logs_metrics_or_help(tmp_path):
         threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
         for token in TOKENS[:2]:
             with GuardClient(address, token=token, timeout=60) as c:
-                assert c.transcribe(SPEECH).text == SPEECH_TEXT
+                assert is_speech_text(c.transcribe(SPEECH).text)
                 rpc_error(c.transcribe, b"junk")  # an error path logs too
         with GuardClient(address, token=wrong) as c:
             assert rpc_error(c.transcribe, SPEECH).code() == grpc.StatusCode.UNAUTHENTICATED

@@ -7,7 +7,7 @@
 #
 #   --prefix  the venv to create (must not exist yet, or be empty)
 #   --src     the project checkout to install (default: this script's repository)
-#   --extras  pyproject extras: model packages (base, small) and/or gpu (onnxruntime-gpu)
+#   --extras  pyproject extras: model packages (base) and/or gpu (onnxruntime-gpu)
 #   --models  models to resolve and verify now (sha256), joining split ones into
 #             PREFIX/share/whisper-guard/models, the image's WHISPER_GUARD_MODEL_CACHE
 #

@@ -2,7 +2,18 @@
 # Make `prometheus` and `promtool` available for the test suite (Debian/Ubuntu, as root in CI).
 # Idempotent and quiet: does nothing when both are on PATH. Never starts the system service:
 # the tests run their own prometheus on 127.0.0.1 with a temporary TSDB.
+#
+# PROMETHEUS=/path/to/prometheus uses that binary instead (and promtool beside it, or
+# PROMTOOL=/path/to/promtool): nothing is installed, and the tests use the same binaries.
 set -euo pipefail
+
+if [ -n "${PROMETHEUS:-}" ]; then
+  promtool="${PROMTOOL:-$(dirname "$PROMETHEUS")/promtool}"
+  for bin in "$PROMETHEUS" "$promtool"; do
+    [ -x "$bin" ] || { echo "ensure-prometheus: $bin is not an executable (from PROMETHEUS/PROMTOOL)" >&2; exit 1; }
+  done
+  exit 0
+fi
 
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
   exit 0
