@@ -15,10 +15,10 @@ from guard.results import RequestOptions
 from guard.audio import decode_file
 g = P.Guard(Settings(model="tiny.en", max_concurrent=1), require_calibration=False)
 captured = []
-orig = P.Guard._score_segments
-def spy(self, bundle, window, ctx, spans, policy, rf, timings):
-    captured.append((bundle, window, ctx, spans)); return orig(self, bundle, window, ctx, spans, policy, rf, timings)
-P.Guard._score_segments = spy
+orig = P.Guard._segment_features
+def spy(self, bundle, window, ctx, spans, timings, *args, **kwargs):
+    captured.append((bundle, window, ctx, spans)); return orig(self, bundle, window, ctx, spans, timings, *args, **kwargs)
+P.Guard._segment_features = spy
 for f in ["tests/fixtures/mixture-speech-then-music-36s.flac", "tests/fixtures/speech-agent-alreadyon.flac", "tests/fixtures/nonspeech-music.flac"]:
     g.transcribe(decode_file(f, max_seconds=999), RequestOptions())
 def slices(bundle, window, ctx, spans):

@@ -204,7 +204,8 @@ class Guard:
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
-            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned])
+            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned],
+                                          geometry=options.return_features or calibration.uses("encoder.output."))
             for feats, canon in zip(rows, aligned):
                 feats.update(canon.features)
                 feats.update(logprob_features(feats["tok.logprob_mean"], window.avg_logprob, own))
@@ -271,12 +272,14 @@ class Guard:
         return out
 
     def _segment_features(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
-                          timings: dict[str, float], texts: list[str] | None = None) -> list[dict[str, float]]:
-        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text)."""
+                          timings: dict[str, float], texts: list[str] | None = None, *,
+                          geometry: bool = False) -> list[dict[str, float]]:
+        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text).
+
+        `geometry`: add the encoder-output geometry, which costs a few % of the probe (only when the
+        score uses it or features are asked for)."""
         t0 = time.perf_counter()
         rows_features, attention = [], []
-        # encoder geometry costs a few % of the probe: only when the score uses it or features are asked for
-        geometry = return_features or bundle.calibration.uses("encoder.output.")
         for i, (seg, rows) in enumerate(zip(window.segments, self._text_rows(bundle, window, spans))):
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
@@ -314,7 +317,9 @@ class Guard:
         rows = self._text_rows(bundle, window, spans)
         read = np.concatenate(rows) if rows else None
         ctx, _ = self._probe(bundle, window, None, timings, read_rows=read)
-        rows_features = self._segment_features(bundle, window, ctx, spans, timings)
+        rows_features = self._segment_features(
+            bundle, window, ctx, spans, timings,
+            geometry=return_features or bundle.calibration.uses("encoder.output."))
         return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
 
 
