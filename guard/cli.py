@@ -9,7 +9,7 @@ from pathlib import Path
 
 from guard.config import PolicyMode, Settings
 from guard.errors import GuardError
-from guard.results import GuardResult, RequestOptions, TranscriptSegment
+from guard.results import Granularity, GuardResult, RequestOptions, TranscriptSegment, word_json
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,11 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suppress-threshold", type=float, metavar="0..1",
                    help="with --policy suppress, drop segments scoring at least this from the text "
                         "(default: the model's calibrated threshold)")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="time and score every word (JSON rows carry words: [{word, start, end, probability, score, "
+                        "verdict}])")
+    p.add_argument("--granularity", choices=[g.value for g in Granularity],
+                   help="what suppress removes from the text: whole segments (default) or words")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -36,8 +41,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _options(args: argparse.Namespace, **extra) -> RequestOptions:
+    granularity = getattr(args, "granularity", None)
     return RequestOptions(policy=getattr(args, "policy", None), flag_threshold=getattr(args, "flag_threshold", None),
-                          suppress_threshold=getattr(args, "suppress_threshold", None), **extra)
+                          suppress_threshold=getattr(args, "suppress_threshold", None),
+                          word_timestamps=bool(getattr(args, "word_timestamps", False)),
+                          **({"granularity": Granularity(granularity)} if granularity else {}), **extra)
 
 
 def _rounded(row: dict) -> dict:
@@ -64,12 +72,19 @@ def _print_result(label: str, result: GuardResult, as_json: bool, key: str = "fi
                                for r in s.reasons]}
             if s.features is not None:
                 row["features"] = s.features
+            if s.words is not None:
+                row["words"] = [word_json(w) for w in s.words]
             print(json.dumps(row, ensure_ascii=False))
         else:
             mark = {"pass": " ", "flag": "?", "suppress": "x"}[s.verdict.value]
             why = ", ".join(r.feature for r in s.reasons[:2])
             print(f"{label}  [{seg.start:7.2f} -> {seg.end:7.2f}] {mark} score {s.score:.3f}  {seg.text.strip()}"
                   + (f"   ({why})" if s.verdict.value != "pass" and why else ""))
+            for w in s.words or []:
+                wmark = {"pass": " ", "flag": "?", "suppress": "x"}[w.verdict.value]
+                print(f"{label}      [{w.start:7.2f} -> {w.end:7.2f}] {wmark} score {w.score:.3f}  {w.word.strip()}")
+    if not as_json and result.granularity is Granularity.word and result.segments:
+        print(f"{label}  text: {result.text}")
     if not as_json and not result.segments:
         print(f"{label}  (no segments)")
 

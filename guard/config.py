@@ -42,7 +42,7 @@ class Settings(BaseSettings):
 
     # limits
     max_audio_seconds: float = Field(1800.0, gt=0, description="longest audio accepted (declared or decoded)")
-    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message or HTTP request body")
     max_concurrent: int = Field(2, ge=1, description="requests running inference at once")
     max_queued: int = Field(8, ge=0, description="requests waiting for a slot; beyond: RESOURCE_EXHAUSTED")
     stream_max_seconds: float = Field(3600.0, gt=0, description="longest audio one stream may send")
@@ -56,6 +56,7 @@ class Settings(BaseSettings):
 
     # serving
     address: str = "127.0.0.1:50051"
+    http_address: str = Field("", description="host:port of the OpenAI-compatible HTTP API; empty disables")
     metrics_address: str = Field("127.0.0.1:9464", description="host:port of /metrics; empty disables")
     grace_seconds: float = Field(15.0, ge=0, description="SIGTERM drain period")
     tls_cert: Path | None = None

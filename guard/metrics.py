@@ -1,7 +1,7 @@
 """Prometheus metrics: one `GuardMetrics` per server, on its own registry, served over HTTP.
 
 Every label set is small and closed. Values outside a set are folded into `other` (methods,
-models, fallback components and reasons) or `UNKNOWN` (gRPC codes), so a bad caller or a
+models, fallback components and reasons) or `UNKNOWN` (status codes), so a bad caller or a
 model directory path can never grow the series count. The README's "Monitor" section lists
 each metric; `deploy/prometheus/alerts.yml` and `deploy/grafana/whisper-guard.json` use them.
 """
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -30,7 +29,11 @@ NAMESPACE = "whisper_guard"
 
 METHODS = ("Transcribe", "StreamTranscribe", "Verify")
 TRANSCRIBING_METHODS = ("Transcribe", "StreamTranscribe")
-CODES = tuple(c.name for c in grpc.StatusCode)
+# canonical status names (google.rpc.Code): the one vocabulary every transport reports outcomes in
+# (`guard.serving.core.CANONICAL_CODE`); the gRPC transport's status codes carry the same names
+CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+         "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+         "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 VERDICTS = tuple(v.value for v in Verdict)
 STAGES = ("decode", "transcribe", "probe", "signature", "score")
 FALLBACK_COMPONENTS = ("ctranslate2", "onnxruntime", "vad")
@@ -52,7 +55,7 @@ def _version(dist: str) -> str:
 
 
 class GuardMetrics:
-    """The guard's metrics on one registry; the gRPC layer calls it, `/metrics` reads it."""
+    """The guard's metrics on one registry; the serving layer calls it, `/metrics` reads it."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -65,10 +68,10 @@ class GuardMetrics:
         PlatformCollector(registry=r)  # python_info
 
         self.requests = Counter(
-            "requests", "Finished gRPC requests by method and canonical status code.",
+            "requests", "Finished requests (gRPC and HTTP) by method and canonical status code.",
             ["method", "code"], namespace=ns, registry=r)
         self.request_duration = Histogram(
-            "request_duration_seconds", "Wall time of a gRPC request, from receipt to the last reply.",
+            "request_duration_seconds", "Wall time of a request (gRPC or HTTP), from receipt to the last reply.",
             ["method"], namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
         self.stage_duration = Histogram(
             "stage_duration_seconds", "Wall time of one pipeline stage within a request.",
@@ -97,7 +100,7 @@ class GuardMetrics:
             "rejected", "Requests refused before running, by method and reason.",
             ["method", "reason"], namespace=ns, registry=r)
         self.serving = Gauge(
-            "serving", "1 while the guard reports SERVING on gRPC health, else 0.", namespace=ns, registry=r)
+            "serving", "1 while the guard reports SERVING on gRPC health (and /readyz is 200), else 0.", namespace=ns, registry=r)
         self.build_info = Gauge(
             "build_info", "Always 1; labels carry the guard and engine versions and the device in use.",
             ["version", "device", "ctranslate2", "onnxruntime", "python"], namespace=ns, registry=r)
@@ -138,7 +141,7 @@ class GuardMetrics:
     def _method(method: str) -> str:
         return method if method in METHODS else OTHER
 
-    # ---- API used by the gRPC layer --------------------------------------------------------
+    # ---- API used by the serving layer --------------------------------------------------------
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         """One finished request: its canonical status name (e.g. `OK`, `RESOURCE_EXHAUSTED`) and wall time."""
         method = self._method(method)

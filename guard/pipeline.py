@@ -1,7 +1,8 @@
 """The guard, top to bottom: audio -> transcribe -> probe -> signature -> score -> policy -> result.
 
 `Guard` holds the loaded models (the only long-lived state); each call is independent and
-thread-safe. `transcribe` guards faster-whisper's own output, `verify` scores a transcript that
+thread-safe. Audio comes in as samples or as a request's undecoded audio (`guard.intake`), which
+the pipeline decodes as its first, timed stage ("decode"). `transcribe` guards faster-whisper's own output, `verify` scores a transcript that
 another system produced, `open_stream` does what `transcribe` does as audio arrives.
 """
 from __future__ import annotations
@@ -18,17 +19,20 @@ from importlib import resources
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
 
+from guard import alignment, words as wording
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
 from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
 from guard.config import Device, Settings
 from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
 from guard.geometry import encoder_features, window_context_features
+from guard.intake import AudioSource, PcmStream
 from guard.models import ResolvedModel, resolve
 from guard.policy import Policy
 from guard.policy import resolve as resolve_policy
 from guard.probe.runner import Probe, ProbeCache
-from guard.results import GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment
+from guard.results import (Granularity, GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment,
+                           Word)
 from guard.signature import SegmentSlice, WindowContext, normalise, segment_features, text_features
 from guard.verify_features import OwnDecode, align_window, logprob_features
 
@@ -63,6 +67,7 @@ class Bundle:
     calibration: scoring.Calibration
     alignment_heads: np.ndarray
     verify_calibration: scoring.Calibration | None = None  # Verify's own; None: the detection one
+    word_calibration: scoring.Calibration | None = None  # None: words take their segment's score
 
 
 class Guard:
@@ -121,9 +126,16 @@ class Guard:
                 log.warning("no verify calibration for %s: Verify uses the detection calibration", resolved.name)
         config = json.loads((resolved.path / "config.json").read_text())
         heads = np.array(config.get("alignment_heads") or [], dtype=np.int64).reshape(-1, 2)
+        if not len(heads):
+            heads = alignment.default_alignment_heads(probe.n_layers, probe.dims["heads"])
+        try:
+            word_calibration = scoring.load(f"words-{resolved.name}")
+        except ModelError:
+            word_calibration = None
         log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
                  transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
-        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration)
+        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration,
+                      word_calibration)
 
     # ------------------------------------------------------------ public calls
     def bundle(self, name: str | None) -> Bundle:
@@ -140,26 +152,38 @@ class Guard:
                               default_mode=s.policy, config_flag=s.flag_threshold, config_suppress=s.suppress_threshold,
                               calibrated=(calibration or bundle.calibration).thresholds)
 
-    def transcribe(self, audio: np.ndarray, options: RequestOptions, cancel: Cancel = None) -> GuardResult:
+    def transcribe(self, audio: np.ndarray | AudioSource, options: RequestOptions, cancel: Cancel = None) -> GuardResult:
+        samples, decoded = _decode(audio)
         session = self.open_stream(options)
-        session.push(audio)
-        return session.finish(cancel, include_fed=True)
+        session.push(samples)
+        result = session.finish(cancel, include_fed=True)
+        result.timings = {**decoded, **result.timings}
+        return result
+
+    @staticmethod
+    def decode(audio: np.ndarray | AudioSource) -> tuple[np.ndarray, dict[str, float]]:
+        """A request's audio as samples, and the decode stage's timing ({} for samples given as such)."""
+        return _decode(audio)
 
     def open_stream(self, options: RequestOptions) -> "StreamSession":
+        """A streaming session; `session.decode(pcm_stream, bytes)` turns PCM16 pieces into samples (timed)."""
         bundle = self.bundle(options.model)
         return StreamSession(self, bundle, options, self.policy(bundle, options))
 
-    def verify(self, audio: np.ndarray, transcript: list[TranscriptSegment], options: RequestOptions,
+    def verify(self, audio: np.ndarray | AudioSource, transcript: list[TranscriptSegment], options: RequestOptions,
                cancel: Cancel = None) -> GuardResult:
+        audio, decoded = _decode(audio)
         bundle = self.bundle(options.model)
         calibration = bundle.verify_calibration or bundle.calibration
         policy = self.policy(bundle, options, calibration)
         bundle.transcriber.options(beam_size=options.beam_size, language=options.language)  # transcribe's checks
-        timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
+        timings = {**decoded, **dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)}
         windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
         scored: list[ScoredSegment] = []
         language = options.language
         index = 0
+        last_speech = 0.0
+        words_on = wants_words(options)
         for w, (start, segs, timed) in enumerate(windows):
             if cancel is not None and cancel():
                 raise Cancelled("the call was cancelled or its deadline passed; work stopped")
@@ -191,6 +215,7 @@ class Guard:
             extra_rows = np.array([eot_row, sot_row]), np.array([tokenizer.eot, tokenizer.no_speech])
             window = Window(w, first // HOP, n_frames, window_audio, encoder_output, prompt, tokens, 0.0, 0.0, 0.0,
                             0.0, language)
+            plan = self._word_plan(bundle, window, spans) if words_on else None
             ctx, cache_lp = self._probe(bundle, window, extra_rows, timings)
             lp_emitted = ctx.token_logprob[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
             window.avg_logprob = float((np.sum(lp_emitted) + cache_lp[0]) / (len(tokens) + 1))
@@ -209,8 +234,17 @@ class Guard:
             for feats, canon in zip(rows, aligned):
                 feats.update(canon.features)
                 feats.update(logprob_features(feats["tok.logprob_mean"], window.avg_logprob, own))
-            scored += self._score(calibration, window, rows, policy, options.return_features, timings)
-        return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings)
+            window_scored = self._score(calibration, window, rows, policy, options.return_features or plan is not None,
+                                        timings)
+            if plan is not None:
+                limits = self._words(bundle, window, ctx, plan, window_scored, policy, options.return_features, timings)
+                last_speech = clamp_words(window_scored, limits, last_speech)
+                if not options.return_features:
+                    for s in window_scored:
+                        s.features = None
+            scored += window_scored
+        return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings,
+                           options.granularity)
 
     def _encode_and_decode(self, bundle: Bundle, window_audio: np.ndarray, language: str | None,
                            options: RequestOptions) -> tuple[np.ndarray, int, str, OwnDecode]:
@@ -298,6 +332,14 @@ class Guard:
         timings["signature"] += time.perf_counter() - t0
         return rows_features
 
+    def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
+                        policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
+        """Signature and detection score of a window's own (transcribed) segments."""
+        rows_features = self._segment_features(
+            bundle, window, ctx, spans, timings,
+            geometry=return_features or bundle.calibration.uses("encoder.output."))
+        return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
+
     @staticmethod
     def _score(calibration: scoring.Calibration, window: Window, rows_features: list[dict[str, float]],
                policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
@@ -312,15 +354,67 @@ class Guard:
         return out
 
     def analyse_window(self, bundle: Bundle, window: Window, policy: Policy, return_features: bool,
-                       timings: dict[str, float]) -> list[ScoredSegment]:
+                       timings: dict[str, float], words: bool = False
+                       ) -> tuple[list[ScoredSegment], tuple[float, float] | None]:
+        """Probe, signature and score of one window's segments; with `words`, their words too
+        (timed, scored; faster-whisper's pause clamps still to apply: see `clamp_words`)."""
         spans = locate(window)
         rows = self._text_rows(bundle, window, spans)
         read = np.concatenate(rows) if rows else None
-        ctx, _ = self._probe(bundle, window, None, timings, read_rows=read)
-        rows_features = self._segment_features(
-            bundle, window, ctx, spans, timings,
-            geometry=return_features or bundle.calibration.uses("encoder.output."))
-        return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
+        plan = self._word_plan(bundle, window, spans) if words else None
+        extra = None
+        if plan is not None:
+            n_fed = len(window.prompt) + len(window.tokens)
+            if n_fed <= bundle.probe.dims["max_positions"]:  # feed the last token too: its row is read
+                eot = bundle.transcriber.tokenizer(window.language).eot
+                extra = (np.array([n_fed - 1]), np.array([eot]))
+            else:
+                n_fed -= 1
+            read = np.union1d(read, np.minimum(plan.std_rows, n_fed - 1))
+        ctx, _ = self._probe(bundle, window, extra, timings, read_rows=read)
+        scored = self._score_segments(bundle, window, ctx, spans, policy, return_features or plan is not None, timings)
+        limits = None
+        if plan is not None:
+            limits = self._words(bundle, window, ctx, plan, scored, policy, return_features, timings)
+            if not return_features:
+                for s in scored:
+                    s.features = None
+        return scored, limits
+
+    # ------------------------------------------------------------ words
+    @staticmethod
+    def _word_plan(bundle: Bundle, window: Window, spans: list[tuple[int, int]]) -> wording.Plan | None:
+        tokenizer = bundle.transcriber.tokenizer(window.language)
+        return wording.plan(window.prompt, window.tokens, spans, list(tokenizer.sot_sequence), tokenizer.eot)
+
+    def word_policy(self, bundle: Bundle, policy: Policy) -> Policy:
+        """The request's mode with the word calibration's thresholds (the segment's without one)."""
+        if bundle.word_calibration is None:
+            return policy
+        t = bundle.word_calibration.thresholds
+        return Policy(policy.mode, t["flag"], t["suppress"])
+
+    def _words(self, bundle: Bundle, window: Window, ctx: WindowContext, plan: wording.Plan,
+               scored: list[ScoredSegment], policy: Policy, return_features: bool,
+               timings: dict[str, float]) -> tuple[float, float]:
+        """Time, feature and score the words of a window's segments (set on `scored` in place)."""
+        t0 = time.perf_counter()
+        tokenizer = bundle.transcriber.tokenizer(window.language)
+        aligned = wording.align_window(ctx, plan, tokenizer, window.n_frames, window.start,
+                                       ctx.cache.n_positions or len(window.prompt) + len(window.tokens))
+        feats = wording.word_features(ctx, plan, aligned, [s.score for s in scored], [s.features for s in scored])
+        timings["signature"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        word_policy = self.word_policy(bundle, policy)
+        for seg, timed, rows in zip(scored, aligned.per_segment, feats):
+            if bundle.word_calibration is not None and rows:
+                scores = bundle.word_calibration.score(rows)
+            else:
+                scores = np.full(len(rows), seg.score)
+            seg.words = [Word(t.word, t.start, t.end, t.probability, float(sc), word_policy.decide(float(sc)),
+                              f if return_features else None) for t, sc, f in zip(timed, scores, rows)]
+        timings["score"] += time.perf_counter() - t0
+        return aligned.words.median, aligned.words.longest
 
 
 class StreamSession:
@@ -328,17 +422,37 @@ class StreamSession:
 
     def __init__(self, guard: Guard, bundle: Bundle, options: RequestOptions, policy: Policy):
         self.guard, self.bundle, self.policy, self.options = guard, bundle, policy, options
-        self.asr_options = bundle.transcriber.options(beam_size=options.beam_size, language=options.language)
+        self.asr_options = bundle.transcriber.options(
+            beam_size=options.beam_size, language=options.language,
+            temperatures=[options.temperature] if options.temperature else None)
         self.state = DecodeState()
+        if options.prompt and options.prompt.strip():  # as faster-whisper's initial_prompt: previous text
+            self.state.all_tokens.extend(bundle.transcriber.tokenizer(options.language).encode(" " + options.prompt.strip()))
         self.chunks: list[np.ndarray] = []
         self.buffered = 0  # samples in chunks
         self.offset = 0  # absolute index of the first buffered sample
         self.timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
         self.emitted: list[ScoredSegment] = []
+        self.words = wants_words(options)
+        self.last_speech = 0.0  # faster-whisper's last_speech_timestamp, carried across windows
 
     @property
     def total_samples(self) -> int:
         return self.offset + self.buffered
+
+    def decode(self, pcm: PcmStream, pcm16: bytes, final: bool = False) -> np.ndarray:
+        """PCM16 bytes (any piece size) -> 16 kHz mono samples through `pcm`; `final` flushes. Timed
+        as the session's first stage, "decode"."""
+        if "decode" not in self.timings:
+            self.timings = {"decode": 0.0, **self.timings}
+        t0 = time.perf_counter()
+        try:
+            samples = pcm.push(pcm16)
+            if final:
+                samples = np.concatenate([samples, pcm.flush()])
+            return samples
+        finally:
+            self.timings["decode"] += time.perf_counter() - t0
 
     def push(self, samples: np.ndarray) -> None:
         if len(samples):
@@ -356,7 +470,8 @@ class StreamSession:
         if include_fed:
             segments = self.emitted
         return GuardResult(segments, self.bundle.name, self.state.language or self.options.language or "en",
-                           self.total_samples / SAMPLE_RATE, self.policy.mode, dict(self.timings))
+                           self.total_samples / SAMPLE_RATE, self.policy.mode, dict(self.timings),
+                           self.options.granularity)
 
     def _run(self, *, final: bool, cancel: Cancel) -> list[ScoredSegment]:
         audio = np.concatenate(self.chunks) if len(self.chunks) > 1 else \
@@ -369,17 +484,23 @@ class StreamSession:
                 self.timings["transcribe"] += time.perf_counter() - t0
                 timings = dict.fromkeys(self.timings, 0.0)
                 pending.append((self.guard.analysis.submit(self.guard.analyse_window, self.bundle, window,
-                                                           self.policy, self.options.return_features, timings),
+                                                           self.policy, self.options.return_features, timings,
+                                                           self.words),
                                 timings))
                 t0 = time.perf_counter()
             self.timings["transcribe"] += time.perf_counter() - t0
-            out = [seg for future, _ in pending for seg in future.result()]
+            out = []
+            for future, _ in pending:
+                scored, limits = future.result()
+                if limits is not None:
+                    self.last_speech = clamp_words(scored, limits, self.last_speech)
+                out += scored
         finally:
             for future, _ in pending:
                 future.cancel()
         for _, timings in pending:
             for stage, seconds in timings.items():
-                if stage != "transcribe":
+                if stage not in ("decode", "transcribe"):
                     self.timings[stage] += seconds
         drop = max(0, min(len(audio), self.state.seek * HOP - self.offset))
         audio = audio[drop:]
@@ -387,6 +508,27 @@ class StreamSession:
         self.chunks, self.buffered = ([audio] if len(audio) else []), len(audio)
         self.emitted += out
         return out
+
+
+def _decode(audio: np.ndarray | AudioSource) -> tuple[np.ndarray, dict[str, float]]:
+    """Samples as given, or a request's audio decoded: (samples, {"decode": seconds} or {})."""
+    if isinstance(audio, np.ndarray):
+        return audio, {}
+    t0 = time.perf_counter()
+    samples = audio.decode()
+    return samples, {"decode": time.perf_counter() - t0}
+
+
+def wants_words(options: RequestOptions) -> bool:
+    return options.word_timestamps or options.granularity is Granularity.word
+
+
+def clamp_words(scored: list[ScoredSegment], limits: tuple[float, float], last_speech: float) -> float:
+    """faster-whisper's pause and segment-boundary clamps on a window's words, in segment order."""
+    for seg in scored:
+        if seg.words:
+            last_speech = alignment.clamp_segment(seg.words, seg.segment.start, seg.segment.end, *limits, last_speech)
+    return last_speech
 
 
 def locate(window: Window) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ import grpc
 from guard.audio import decode_file, to_pcm16
 from guard.config import Settings
 from guard.metrics import GuardMetrics
-from guard.server import GuardServer
+from guard.transports.grpc.server import GuardServer
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

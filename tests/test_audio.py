@@ -20,7 +20,7 @@ import pytest
 
 from guard import audio
 from guard.audio import SAMPLE_RATE, check_samples, decode_bytes, decode_file, duration, from_pcm16
-from guard.errors import AudioError, AudioTooLong
+from guard.errors import AudioError, AudioTooLong, Kind
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "audio"
@@ -282,13 +282,13 @@ def test_pcm16_accepts_bytearray_memoryview_and_numpy_int():
 def test_pcm16_bad_input(data, rate, channels, match):
     with pytest.raises(AudioError, match=match) as info:
         from_pcm16(data, rate, channels=channels, max_seconds=10)
-    assert type(info.value) is AudioError and info.value.code == "INVALID_ARGUMENT"
+    assert type(info.value) is AudioError and info.value.kind is Kind.bad_audio
 
 
 def test_pcm16_too_long_is_rejected_before_conversion():
     with pytest.raises(AudioTooLong, match=r"audio is 2\.00 s; the limit is 1\.5 s") as info:
         from_pcm16(b"\x00" * (2 * 8000 * 2 * 2), 8000, channels=2, max_seconds=1.5)
-    assert info.value.code == "OUT_OF_RANGE"
+    assert info.value.kind is Kind.too_long
     assert len(from_pcm16(b"\x00" * (2 * 8000 * 2), 8000, channels=2, max_seconds=1.0)) == 16000  # exactly at the cap
 
 
@@ -464,7 +464,7 @@ def test_declared_duration_over_the_cap_is_rejected_before_decoding():
     assert duration(decode_bytes(data, max_seconds=3)) == 3.0
     with pytest.raises(AudioTooLong, match=r"audio declares 3\.00 s; the limit is 2\.5 s") as info:
         decode_bytes(data, max_seconds=2.5)
-    assert info.value.code == "OUT_OF_RANGE"
+    assert info.value.kind is Kind.too_long
 
 
 def test_lying_header_declaring_hours_is_rejected_on_the_header():

@@ -8,7 +8,8 @@ There is no Kubernetes cluster and no Docker engine here. In their place:
   PrometheusRule), which those schemas lack, are checked structurally here and the rules
   with promtool;
 - the images' install recipe (deploy/docker/install.sh, what both Dockerfiles RUN) is run
-  into a fresh virtualenv, and the Dockerfiles are checked statically.
+  into a fresh virtualenv, and the Dockerfiles are checked statically. The CPU image itself is
+  built and run with podman by tests/test_image.py.
 """
 from __future__ import annotations
 
@@ -376,18 +377,24 @@ def test_guard_is_a_hardened_native_sidecar(rendered, overlay):
     env = env_of(guard)
     grpc_port = int(env["WHISPER_GUARD_ADDRESS"].rpartition(":")[2])
     metrics_port = int(env["WHISPER_GUARD_METRICS_ADDRESS"].rpartition(":")[2])
+    http_port = int(env["WHISPER_GUARD_HTTP_ADDRESS"].rpartition(":")[2])
     ports = {p["name"]: p["containerPort"] for p in guard["ports"]}
-    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    assert ports == {"grpc": grpc_port, "guard-http": http_port, "metrics": metrics_port}
     app = next(c for c in pod["containers"] if c["name"] == "app")
     assert env_of(app)["WHISPER_GUARD_TARGET"] == f"localhost:{grpc_port}"
+    scheme = "https" if overlay.endswith("-tls") else "http"
+    assert env_of(app)["OPENAI_BASE_URL"] == f"{scheme}://localhost:{http_port}/v1"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = guard[probe]
         if overlay.endswith("-tls"):
             assert p["exec"]["command"] == ["/opt/whisper-guard/bin/whisper-guard-healthcheck"]
             assert "grpc" not in p
             assert p["timeoutSeconds"] > 4  # the health check's own RPC timeout is 4 s
-        else:
+        elif probe == "startupProbe":
             assert p["grpc"]["port"] == grpc_port  # kubelet's native gRPC health probe
+        else:  # the HTTP transport's own probes: /readyz (loaded, not draining) and /healthz (alive)
+            assert p["httpGet"]["port"] == "guard-http"
+            assert p["httpGet"]["path"] == {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}[probe]
     assert pod["terminationGracePeriodSeconds"] > float(env["WHISPER_GUARD_GRACE_SECONDS"])
 
 
@@ -419,14 +426,18 @@ def test_network_policy_keeps_grpc_inside_the_pod(rendered, overlay):
     assert "Ingress" in np["spec"]["policyTypes"]
     guard = guard_container(docs)
     grpc_port = next(p for p in guard["ports"] if p["name"] == "grpc")
+    http_port = next(p for p in guard["ports"] if p["name"] == "guard-http")
     for rule in np["spec"]["ingress"]:
         assert rule.get("ports"), "an ingress rule without ports opens every port, gRPC included"
         for p in rule["ports"]:
             assert p["port"] not in (grpc_port["name"], grpc_port["containerPort"])
+            assert p["port"] not in (http_port["name"], http_port["containerPort"])  # the HTTP API too
     metrics_rule = next(r for r in np["spec"]["ingress"] if any(p["port"] == "metrics" for p in r["ports"]))
     assert metrics_rule["from"], "metrics should be open to the monitoring namespace only"
     service = one(docs, "Service")
     assert all(p["targetPort"] != "grpc" and p["port"] != grpc_port["containerPort"] for p in service["spec"]["ports"])
+    assert all(p["targetPort"] != "guard-http" and p["port"] != http_port["containerPort"]
+               for p in service["spec"]["ports"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -421,7 +421,7 @@ class Blackhole:
 def test_a_vanished_peer_is_dropped_by_keepalive_and_frees_its_place(guard, monkeypatch):
     """Server keepalive (60 s + 20 s in production, 1 s + 1 s here) cancels the stream of a client
     that stopped answering; without it gRPC would wait 2 hours before its first ping."""
-    from guard import server as server_module
+    from guard.transports.grpc import server as server_module
 
     monkeypatch.setattr(server_module, "KEEPALIVE_TIME_MS", 1000)
     monkeypatch.setattr(server_module, "KEEPALIVE_TIMEOUT_MS", 1000)

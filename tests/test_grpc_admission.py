@@ -12,8 +12,8 @@ from grpc_fixtures import SPEECH, SPEECH_TEXT, SPEECH_THEN_MUSIC, pcm16, running
 from guard.client import GuardClient, pcm16_chunks
 from guard.errors import Cancelled
 from guard.grpc_gen import guard_pb2 as pb
-from guard.server import Admission
-from guard.service import ChunkReader
+from guard.serving.admission import Admission
+from guard.transports.grpc.servicer import ChunkReader
 
 LONG_REPEATS = 30  # 30 x 36 s = 18 min of audio (36 windows): tens of seconds of work unless stopped
 

@@ -219,7 +219,7 @@ def test_stream_pcm_at_other_rates_is_chunk_invariant():
     import numpy as np
 
     from guard import audio
-    from guard.service import PcmStream
+    from guard.intake import PcmStream
 
     t = np.arange(44100 * 2) / 44100
     x = 0.3 * np.sin(2 * np.pi * 440 * t)[:, None] * np.array([1.0, 0.5])
@@ -384,7 +384,7 @@ def test_unexpected_error_is_internal_with_request_id_logged(server, client, mon
 def test_unavailable_while_loading_then_serving(guard):
     """While the model loads: health NOT_SERVING and Guard calls UNAVAILABLE; then SERVING."""
     from guard.config import Settings
-    from guard.server import GuardServer
+    from guard.transports.grpc.server import GuardServer
 
     release = threading.Event()
 

@@ -13,7 +13,7 @@ from conftest import is_speech_text
 from grpc_fixtures import SPEECH, SPEECH_TEXT, issue, make_ca, pcm16, rpc_error, running_server, sample_value
 from guard.client import GuardClient, pcm16_chunks
 from guard.config import Settings
-from guard.server import ServeError, server_credentials
+from guard.transports.grpc.server import ServeError, server_credentials
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 

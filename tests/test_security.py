@@ -39,12 +39,13 @@ from prometheus_client import generate_latest
 
 from conftest import is_speech_text
 from grpc_fixtures import REPO, SPEECH, SPEECH_TEXT, pcm16, rpc_error, running_server, sample_value, wav_bytes
-from guard import server as server_module
+from guard.serving import auth as auth_module
+from guard.transports.grpc import server as server_module
 from guard.client import GuardClient, pcm16_chunks
 from guard.config import Settings
 from guard.grpc_gen import guard_pb2 as pb
 from guard.grpc_gen import guard_pb2_grpc
-from guard.server import BearerAuth
+from guard.transports.grpc.server import BearerAuth
 
 TOKENS = ["tok-alpha-8c1f0e", "tok-beta-a77d2b9c41", "t"]
 
@@ -178,13 +179,13 @@ def test_model_paths_are_refused_at_startup_when_not_allowed(tmp_path):
 
 def test_tokens_are_compared_as_digests_against_every_accepted_token(monkeypatch):
     calls = []
-    real = server_module.hmac.compare_digest
+    real = auth_module.hmac.compare_digest
 
     def counting(a, b):
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(server_module.hmac, "compare_digest", counting)
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", counting)
     auth = BearerAuth(TOKENS)
     for given, ok in [(TOKENS[0], True), (TOKENS[1], True), (TOKENS[2], True), ("x" * 5000, False),
                       ("tok-alpha-8c1f0", False), ("tok-alpha-8c1f0e0", False), ("", False)]:

@@ -3,7 +3,7 @@
 
 Each input is one method byte plus the raw bytes of a request message, as they arrive on the wire.
 They go through what the server runs before any inference: the tolerant deserializer
-(`guard.service._parser`), options (`GuardService._options`, the policy), audio
+(`guard.transports.grpc.servicer._parser`), options (`GuardService._options`, the policy), audio
 (`audio_from_request` with a small cap), the Verify transcript (`transcript_from_pb`,
 `plan_verify_windows`) and, for stream chunks, the stream config and `PcmStream`.
 
@@ -25,8 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["guard"]):
     from guard import policy as policy_mod
-    from guard import service
-    from guard.errors import GuardError
+    from guard import intake
+    from guard.transports.grpc import messages
+    from guard.transports.grpc import servicer as service
+    from guard.errors import GuardError, Kind
     from guard.grpc_gen import guard_pb2 as pb
     from guard.pipeline import plan_verify_windows
 
@@ -38,7 +40,7 @@ CALIBRATED = {"flag": 0.5, "suppress": 0.8}
 
 
 def _blames_request(err: GuardError) -> None:
-    assert err.code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"), (type(err).__name__, err.code, err.message)
+    assert err.kind in (Kind.bad_request, Kind.bad_audio, Kind.too_long, Kind.bad_transcript), (type(err).__name__, err.kind, err.message)
     assert err.message and "Traceback" not in err.message
 
 
@@ -65,7 +67,7 @@ def validate(kind: int, data: bytes) -> None:
         cfg = message.config
         if message.HasField("config"):
             _options(cfg.options)
-        stream = service.PcmStream(cfg.sample_rate, cfg.channels or 1, MAX_SECONDS)
+        stream = intake.PcmStream(cfg.sample_rate, cfg.channels or 1, MAX_SECONDS)
         half = len(message.pcm16) // 2 + 1
         for piece in (message.pcm16[:half], message.pcm16[half:]):
             _audio_ok(stream.push(piece))
@@ -73,8 +75,8 @@ def validate(kind: int, data: bytes) -> None:
         return
     _options(message.options)
     if kind == 1:
-        transcript = service.transcript_from_pb(message.transcript)
-    samples = service.audio_from_request(message, MAX_SECONDS)
+        transcript = messages.transcript_from_pb(message.transcript)
+    samples = messages.audio_from_request(message, MAX_SECONDS).decode()
     _audio_ok(samples)
     if kind == 1:
         windows = plan_verify_windows(transcript, len(samples) / 16000)

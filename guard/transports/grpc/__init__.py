@@ -1,0 +1,1 @@
+"""The gRPC transport: whisperguard.v1.Guard, health, reflection, bearer auth, TLS."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP transport (Starlette on uvicorn): `create_app`, `HttpServer`."""
