@@ -103,7 +103,10 @@ def load(out: Path) -> tuple[list[dict], dict[str, dict]]:
     segments, info = [], {}
     for line in Path(out).read_text(encoding="utf-8").splitlines():
         if line.strip():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by an interrupted run (done_ids redoes that clip)
             info[row["id"]] = {"timings": row["timings"], "duration": row["duration"]}
             segments += row["segments"]
     return segments, info

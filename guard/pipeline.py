@@ -26,6 +26,7 @@ from guard.acoustic import VoiceActivity
 from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
 from guard.config import Device, Settings
 from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
+from guard.geometry import encoder_features, window_context_features
 from guard.intake import AudioSource, PcmStream
 from guard.models import ResolvedModel, resolve
 from guard.policy import Policy
@@ -33,7 +34,7 @@ from guard.policy import resolve as resolve_policy
 from guard.probe.runner import Probe, ProbeCache
 from guard.results import (Granularity, GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment,
                            Word)
-from guard.signature import SegmentSlice, WindowContext, segment_features, text_features
+from guard.signature import SegmentSlice, WindowContext, normalise, segment_features, text_features
 from guard.verify_features import OwnDecode, align_window, logprob_features
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,8 @@ class Guard:
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
-            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned])
+            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned],
+                                          geometry=options.return_features or calibration.uses("encoder.output."))
             for feats, canon in zip(rows, aligned):
                 feats.update(canon.features)
                 feats.update(logprob_features(feats["tok.logprob_mean"], window.avg_logprob, own))
@@ -293,7 +295,7 @@ class Guard:
         ent[main_rows] = cache["logits.entropy"][:n_main]
         ok[main_rows] = cache["logits.argmax"][:n_main] == targets[:n_main]
         evidence = self.vad.evidence(window.audio, enabled=self.settings.vad)
-        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok)
+        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok, window.encoder_output)
         timings["signature"] += time.perf_counter() - t0
         return ctx, cache["logits.target_logprob"][n_main:]
 
@@ -310,10 +312,14 @@ class Guard:
         return out
 
     def _segment_features(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
-                          timings: dict[str, float], texts: list[str] | None = None) -> list[dict[str, float]]:
-        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text)."""
+                          timings: dict[str, float], texts: list[str] | None = None, *,
+                          geometry: bool = False) -> list[dict[str, float]]:
+        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text).
+
+        `geometry`: add the encoder-output geometry, which costs a few % of the probe (only when the
+        score uses it or features are asked for)."""
         t0 = time.perf_counter()
-        rows_features = []
+        rows_features, attention = [], []
         for i, (seg, rows) in enumerate(zip(window.segments, self._text_rows(bundle, window, spans))):
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
@@ -322,14 +328,23 @@ class Guard:
                                   seg.no_speech_prob, seg.compression_ratio, seg.temperature, self.phrases)
             with blas.single_threaded():  # see guard.blas
                 feats.update(segment_features(ctx, sl))
+                if geometry:
+                    feats.update(encoder_features(ctx.encoder_output, frame_lo, frame_hi, ctx.evidence.n_frames))
             rows_features.append(feats)
+            attention.append(sl.alignment)
+        for feats, extra in zip(rows_features, window_context_features(
+                attention, [normalise(seg.text if texts is None else texts[i]).split()
+                            for i, seg in enumerate(window.segments)])):
+            feats.update(extra)
         timings["signature"] += time.perf_counter() - t0
         return rows_features
 
     def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
                         policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
         """Signature and detection score of a window's own (transcribed) segments."""
-        rows_features = self._segment_features(bundle, window, ctx, spans, timings)
+        rows_features = self._segment_features(
+            bundle, window, ctx, spans, timings,
+            geometry=return_features or bundle.calibration.uses("encoder.output."))
         return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
 
     @staticmethod
