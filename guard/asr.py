@@ -22,6 +22,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
+from guard import blas
 from guard.config import Settings
 from guard.errors import Cancelled, OptionsError
 from guard.models import ResolvedModel
@@ -118,7 +119,8 @@ class Transcriber:
 
     def encode(self, window_audio: np.ndarray) -> tuple[ctranslate2.StorageView, np.ndarray, int]:
         """Log-mel of the window's own samples, padded to 30 s, through the encoder (once)."""
-        features = self.whisper.feature_extractor(window_audio)
+        with blas.default_threads():  # never under the signature's one-thread limit (guard.blas)
+            features = self.whisper.feature_extractor(window_audio)
         n_frames = min(WINDOW_FRAMES, features.shape[-1] - 1)
         mel = np.zeros((features.shape[0], WINDOW_FRAMES), dtype=np.float32)
         mel[:, :n_frames] = features[:, :n_frames]

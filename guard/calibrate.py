@@ -97,12 +97,14 @@ def usable_features(rows: list[dict], candidates: list[str]) -> list[str]:
     return keep
 
 
-def _fit(model: str, rows: list[dict], features: list[str], l2: float) -> Calibration:
+def _fit(model: str, rows: list[dict], features: list[str], l2: float, transforms: dict[str, str] | None = None
+         ) -> Calibration:
     return fit(model, [r["features"] for r in rows], np.array([r["label"] for r in rows]), features,
-               {f: transform_for(f) for f in features}, l2=l2)
+               {f: transform_for(f) for f in features} if transforms is None else transforms, l2=l2)
 
 
-def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[str, str], folds: int = 5) -> float:
+def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[str, str], folds: int = 5,
+              transforms: dict[str, str] | None = None) -> float:
     """Grouped k-fold on the train side: the L2 strength with the best AUROC + mean TPR at 1% and 5% FPR."""
     fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
     fold = np.array([fold_of[groups[r["id"]]] for r in rows])
@@ -114,7 +116,7 @@ def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[st
             train = [r for r, f in zip(rows, fold) if f != k]
             if len({r["label"] for r in train}) < 2:
                 continue
-            cal = _fit(model, train, features, l2)
+            cal = _fit(model, train, features, l2, transforms)
             idx = np.flatnonzero(fold == k)
             scores[idx] = cal.logits([rows[i]["features"] for i in idx])
         quality = evaluation.auroc(y, scores) + (evaluation.tpr_at_fpr(y, scores, 0.01) +
@@ -125,13 +127,15 @@ def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[st
 
 
 def fit_on_split(model: str, rows: list[dict], side: dict[str, str], groups: dict[str, str],
-                 features: list[str]) -> Fitted:
-    """Fit on train rows, pick thresholds on validation rows, report validation metrics."""
+                 features: list[str], transforms: dict[str, str] | None = None) -> Fitted:
+    """Fit on train rows, pick thresholds on validation rows, report validation metrics.
+
+    `transforms` (feature -> name in guard.score.TRANSFORMS) replaces `transform_for`."""
     train = [r for r in rows if side[r["id"]] == "train"]
     val = [r for r in rows if side[r["id"]] == "val"]
     features = usable_features(train, features)
-    l2 = choose_l2(model, train, features, groups)
-    cal = _fit(model, train, features, l2)
+    l2 = choose_l2(model, train, features, groups, transforms=transforms)
+    cal = _fit(model, train, features, l2, transforms)
     y_val = np.array([r["label"] for r in val])
     p_val = cal.score([r["features"] for r in val])
     flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_val, p_val, FLAG_FPR), 1.0))

@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from guard.config import PolicyMode, Settings
 from guard.errors import GuardError
-from guard.results import GuardResult, RequestOptions, TranscriptSegment
+from guard.results import Granularity, GuardResult, RequestOptions, TranscriptSegment, word_json
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -26,18 +27,32 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suppress-threshold", type=float, metavar="0..1",
                    help="with --policy suppress, drop segments scoring at least this from the text "
                         "(default: the model's calibrated threshold)")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="time and score every word (JSON rows carry words: [{word, start, end, probability, score, "
+                        "verdict}])")
+    p.add_argument("--granularity", choices=[g.value for g in Granularity],
+                   help="what suppress removes from the text: whole segments (default) or words")
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    """Env vars (WHISPER_GUARD_*) first, flags override."""
+def settings_from(args: argparse.Namespace, *, one_request: bool = False) -> Settings:
+    """Env vars (WHISPER_GUARD_*) first, flags override.
+
+    `one_request`: a command that runs one request at a time (transcribe, verify) loads one
+    CTranslate2 worker and one analysis thread unless WHISPER_GUARD_MAX_CONCURRENT says otherwise,
+    as plain faster-whisper does: a second worker and a second probe in flight only cost memory."""
     overrides = {k: v for k, v in {"model": args.model, "device": args.device, "compute_type": args.compute_type,
                                    "calibration": args.calibration}.items() if v is not None}
+    if one_request and "WHISPER_GUARD_MAX_CONCURRENT" not in os.environ:
+        overrides["max_concurrent"] = 1
     return Settings(**overrides)
 
 
 def _options(args: argparse.Namespace, **extra) -> RequestOptions:
+    granularity = getattr(args, "granularity", None)
     return RequestOptions(policy=getattr(args, "policy", None), flag_threshold=getattr(args, "flag_threshold", None),
-                          suppress_threshold=getattr(args, "suppress_threshold", None), **extra)
+                          suppress_threshold=getattr(args, "suppress_threshold", None),
+                          word_timestamps=bool(getattr(args, "word_timestamps", False)),
+                          **({"granularity": Granularity(granularity)} if granularity else {}), **extra)
 
 
 def _rounded(row: dict) -> dict:
@@ -64,12 +79,19 @@ def _print_result(label: str, result: GuardResult, as_json: bool, key: str = "fi
                                for r in s.reasons]}
             if s.features is not None:
                 row["features"] = s.features
+            if s.words is not None:
+                row["words"] = [word_json(w) for w in s.words]
             print(json.dumps(row, ensure_ascii=False))
         else:
             mark = {"pass": " ", "flag": "?", "suppress": "x"}[s.verdict.value]
             why = ", ".join(r.feature for r in s.reasons[:2])
             print(f"{label}  [{seg.start:7.2f} -> {seg.end:7.2f}] {mark} score {s.score:.3f}  {seg.text.strip()}"
                   + (f"   ({why})" if s.verdict.value != "pass" and why else ""))
+            for w in s.words or []:
+                wmark = {"pass": " ", "flag": "?", "suppress": "x"}[w.verdict.value]
+                print(f"{label}      [{w.start:7.2f} -> {w.end:7.2f}] {wmark} score {w.score:.3f}  {w.word.strip()}")
+    if not as_json and result.granularity is Granularity.word and result.segments:
+        print(f"{label}  text: {result.text}")
     if not as_json and not result.segments:
         print(f"{label}  (no segments)")
 
@@ -83,7 +105,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         args.parser.error("give audio FILEs, or --manifest M.jsonl with --out PRED.jsonl")
     if args.manifest and not args.out:
         args.parser.error("--manifest needs --out PRED.jsonl")
-    settings = settings_from(args)
+    settings = settings_from(args, one_request=not args.manifest)
     guard = Guard(settings)
     options = _options(args, language=args.language, return_features=args.features)
     if args.manifest:
@@ -115,7 +137,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         segs = [TranscriptSegment(text=args.text)]
     else:  # argparse makes one of them required; an empty --text lands here
         args.parser.error("give --text \"...\" or --segments SEGMENTS.json ([{text, start?, end?}, ...])")
-    settings = settings_from(args)
+    settings = settings_from(args, one_request=True)
     guard = Guard(settings)
     audio = decode_file(args.audio, max_seconds=settings.max_audio_seconds)
     _print_result(str(args.audio), guard.verify(audio, segs, _options(args, language=args.language)), args.json)
@@ -151,7 +173,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+_HEAVY = {"serve": "run the gRPC service", "call": "call a running guard over gRPC"}
+
+
+def _needs_full_parser(words: list[str]) -> bool:
+    command = next((w for w in words if not w.startswith("-")), None)
+    return command in _HEAVY or command is None or "-h" in words or "--help" in words
+
+
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
+    """`full=False` leaves `serve` and `call` as stubs: their modules (gRPC, the service) are not
+    imported on a `transcribe`/`verify`/`calibrate` start (0.3 s and ~20 MB a start)."""
     ap = argparse.ArgumentParser(prog="whisper-guard", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -186,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(c)
     c.set_defaults(func=cmd_calibrate)
 
+    if not full:
+        for name, text in _HEAVY.items():
+            sub.add_parser(name, help=text)
+        return ap
     try:
         from guard.server import add_serve_arguments, run_serve
 
@@ -206,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_needs_full_parser(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -42,10 +42,14 @@ class StreamIntegrityError(RuntimeError):
 
 def make_options(*, model: str | None = None, language: str | None = None, beam_size: int | None = None,
                  policy: str | int | None = None, flag_threshold: float | None = None,
-                 suppress_threshold: float | None = None, return_features: bool = False) -> pb.Options:
-    """`pb.Options` from keywords; None leaves the server's default. `policy`: annotate|flag|suppress."""
+                 suppress_threshold: float | None = None, return_features: bool = False,
+                 word_timestamps: bool = False, granularity: str | None = None) -> pb.Options:
+    """`pb.Options` from keywords; None leaves the server's default. `policy`: annotate|flag|suppress;
+    `granularity`: segment|word (what suppress removes from the text; word implies word timestamps)."""
     o = pb.Options(model=model or "", language=language or "", beam_size=beam_size or 0,
-                   return_features=return_features)
+                   return_features=return_features, word_timestamps=word_timestamps)
+    if granularity is not None:
+        o.granularity = {"segment": pb.GRANULARITY_SEGMENT, "word": pb.GRANULARITY_WORD}[str(granularity).lower()]
     if policy is not None:
         o.policy = _POLICIES[str(getattr(policy, "value", policy)).lower()] if not isinstance(policy, int) else policy
     if flag_threshold is not None:
@@ -295,6 +299,8 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     opts.add_argument("--suppress-threshold", type=float, metavar="0..1",
                       help="with --policy suppress, drop segments scoring at least this from the text")
     opts.add_argument("--features", action="store_true", help="ask for each segment's signature features")
+    opts.add_argument("--word-timestamps", action="store_true", help="ask for each segment's timed, scored words")
+    opts.add_argument("--granularity", choices=["segment", "word"], help="what suppress removes from the text")
     mode = parser.add_argument_group("mode")
     mode.add_argument("--verify", type=Path, metavar="TRANSCRIPT",
                       help="score this transcript instead of transcribing: a text file (one segment per line) "
@@ -325,6 +331,10 @@ def _print_segment(seg: pb.Segment, out) -> None:
     mark = verdict.upper() if seg.verdict != pb.VERDICT_PASS else verdict
     print(f"[{seg.start_seconds:7.2f} -> {seg.end_seconds:7.2f}]  {seg.score:.2f}  {mark:<8}  {seg.text.strip()}",
           file=out, flush=True)
+    for w in seg.words:
+        verdict = VERDICT_NAMES.get(w.verdict, "?")
+        print(f"    [{w.start_seconds:7.2f} -> {w.end_seconds:7.2f}]  {w.score:.2f}  "
+              f"{verdict.upper() if w.verdict != pb.VERDICT_PASS else verdict:<8}  {w.word.strip()}", file=out)
 
 
 def _print_summary(request_id: str, text: str, s: pb.Summary, out) -> None:
@@ -345,7 +355,8 @@ def run_call(args: argparse.Namespace) -> int:
         transcript = _read_transcript(args.verify) if args.verify else None
         options = dict(model=args.model, language=args.language, beam_size=args.beam_size, policy=args.policy,
                        flag_threshold=args.flag_threshold, suppress_threshold=args.suppress_threshold,
-                       return_features=args.features)
+                       return_features=args.features, word_timestamps=args.word_timestamps,
+                       granularity=args.granularity)
         if args.stream:
             from guard.audio import decode_file
 

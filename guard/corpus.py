@@ -15,7 +15,7 @@ from pathlib import Path
 
 from guard.audio import decode_file
 from guard.pipeline import Guard
-from guard.results import GuardResult, RequestOptions
+from guard.results import GuardResult, RequestOptions, word_json
 
 
 BENCH_ENV = "WHISPER_GUARD_BENCH"
@@ -51,7 +51,8 @@ def segment_rows(clip_id: str, result: GuardResult) -> list[dict]:
              "window": s.segment.window, "score": s.score, "verdict": s.verdict.value,
              "avg_logprob": s.segment.avg_logprob, "no_speech_prob": s.segment.no_speech_prob,
              "compression_ratio": s.segment.compression_ratio,
-             **({"features": s.features} if s.features is not None else {})} for s in result.segments]
+             **({"features": s.features} if s.features is not None else {}),
+             **({"words": [word_json(w) for w in s.words]} if s.words is not None else {})} for s in result.segments]
 
 
 def done_ids(out: Path) -> set[str]:
@@ -102,7 +103,10 @@ def load(out: Path) -> tuple[list[dict], dict[str, dict]]:
     segments, info = [], {}
     for line in Path(out).read_text(encoding="utf-8").splitlines():
         if line.strip():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by an interrupted run (done_ids redoes that clip)
             info[row["id"]] = {"timings": row["timings"], "duration": row["duration"]}
             segments += row["segments"]
     return segments, info

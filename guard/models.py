@@ -6,7 +6,6 @@ when given as a path. Known model.bin files are pinned by sha256.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -17,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from guard import hash_cache
 from guard.errors import ModelError, UnknownModel
 
 _CHUNK = 1 << 20
@@ -64,11 +64,7 @@ class ResolvedModel:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_cache.sha256_file(path)
 
 
 def _package_dir(import_name: str, pip: str) -> Path:
@@ -113,6 +109,9 @@ def _join_parts(known: KnownModel, cache: Path) -> Path:
             except OSError:
                 if not (target / "model.bin").is_file():
                     raise
+            else:
+                if known.sha256:  # just verified: later starts need only a stat
+                    hash_cache.remember(target / "model.bin", cache, known.sha256)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -140,7 +139,8 @@ def resolve(name_or_path: str, *, cache: Path, allow_paths: bool = True, verify:
             raise UnknownModel(f"unknown model {name_or_path!r}; known models: {', '.join(KNOWN)}"
                                + (" (or a CTranslate2 Whisper directory)" if allow_paths else ""))
         path = path.resolve()
-        return _describe(path.name, path, sha256_file(path / "model.bin") if (path / "model.bin").is_file() else "")
+        return _describe(path.name, path, hash_cache.sha256_cached(path / "model.bin", cache)
+                         if (path / "model.bin").is_file() else "")
     if len(known.parts) == 1:
         path = _package_dir(known.packages[0], known.pip) / known.data_dir
     else:
@@ -148,7 +148,8 @@ def resolve(name_or_path: str, *, cache: Path, allow_paths: bool = True, verify:
     model_bin = path / "model.bin"
     if not model_bin.is_file():
         raise ModelError(f"{model_bin} is missing; reinstall with: {known.pip}")
-    sha = sha256_file(model_bin) if verify or known.sha256 is None else known.sha256
+    # hashed once per file identity (size, mtime, inode, device), re-hashed on any change
+    sha = hash_cache.sha256_cached(model_bin, cache) if verify or known.sha256 is None else known.sha256
     if verify and known.sha256 and sha != known.sha256:
         raise ModelError(f"{model_bin} has sha256 {sha}, expected {known.sha256} for {known.name}: the file is "
                          f"corrupt or not the pinned release; reinstall with: {known.pip} --force-reinstall")

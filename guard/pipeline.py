@@ -19,18 +19,22 @@ from importlib import resources
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
 
+from guard import blas
+from guard import alignment, words as wording
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
 from guard.asr import HOP, SAMPLE_RATE, WINDOW_SAMPLES, DecodeState, Transcriber, Window
 from guard.config import Device, Settings
 from guard.errors import Cancelled, ModelError, TranscriptError, UnknownModel
+from guard.geometry import encoder_features, window_context_features
 from guard.intake import AudioSource, PcmStream
 from guard.models import ResolvedModel, resolve
 from guard.policy import Policy
 from guard.policy import resolve as resolve_policy
 from guard.probe.runner import Probe, ProbeCache
-from guard.results import GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment
-from guard.signature import SegmentSlice, WindowContext, segment_features, text_features
+from guard.results import (Granularity, GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment,
+                           Word)
+from guard.signature import SegmentSlice, WindowContext, normalise, segment_features, text_features
 from guard.verify_features import OwnDecode, align_window, logprob_features
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Bundle:
     calibration: scoring.Calibration
     alignment_heads: np.ndarray
     verify_calibration: scoring.Calibration | None = None  # Verify's own; None: the detection one
+    word_calibration: scoring.Calibration | None = None  # None: words take their segment's score
 
 
 class Guard:
@@ -101,7 +106,7 @@ class Guard:
         resolved = resolve(name, cache=self.settings.model_cache, allow_paths=allow_paths)
         transcriber = Transcriber(resolved, self.settings)
         probe = Probe(resolved.path / "model.bin", device=self.device, threads=self.settings.probe_threads,
-                      on_fallback=self._on_fallback)
+                      on_fallback=self._on_fallback, cache=self.settings.model_cache, model_sha=resolved.sha256 or None)
         try:
             calibration = scoring.load(resolved.name, self.settings.calibration)
             if not all(0.0 <= calibration.thresholds.get(k, -1.0) <= 1.0 for k in ("flag", "suppress")):
@@ -122,9 +127,16 @@ class Guard:
                 log.warning("no verify calibration for %s: Verify uses the detection calibration", resolved.name)
         config = json.loads((resolved.path / "config.json").read_text())
         heads = np.array(config.get("alignment_heads") or [], dtype=np.int64).reshape(-1, 2)
+        if not len(heads):
+            heads = alignment.default_alignment_heads(probe.n_layers, probe.dims["heads"])
+        try:
+            word_calibration = scoring.load(f"words-{resolved.name}")
+        except ModelError:
+            word_calibration = None
         log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
                  transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
-        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration)
+        return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration,
+                      word_calibration)
 
     # ------------------------------------------------------------ public calls
     def bundle(self, name: str | None) -> Bundle:
@@ -171,6 +183,8 @@ class Guard:
         scored: list[ScoredSegment] = []
         language = options.language
         index = 0
+        last_speech = 0.0
+        words_on = wants_words(options)
         for w, (start, segs, timed) in enumerate(windows):
             if cancel is not None and cancel():
                 raise Cancelled("the call was cancelled or its deadline passed; work stopped")
@@ -202,6 +216,7 @@ class Guard:
             extra_rows = np.array([eot_row, sot_row]), np.array([tokenizer.eot, tokenizer.no_speech])
             window = Window(w, first // HOP, n_frames, window_audio, encoder_output, prompt, tokens, 0.0, 0.0, 0.0,
                             0.0, language)
+            plan = self._word_plan(bundle, window, spans) if words_on else None
             ctx, cache_lp = self._probe(bundle, window, extra_rows, timings)
             lp_emitted = ctx.token_logprob[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
             window.avg_logprob = float((np.sum(lp_emitted) + cache_lp[0]) / (len(tokens) + 1))
@@ -215,12 +230,22 @@ class Guard:
                                                tokens[lo:hi], window.avg_logprob, window.no_speech_prob,
                                                window.compression_ratio))
                 index += 1
-            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned])
+            rows = self._segment_features(bundle, window, ctx, spans, timings, [a.canonical for a in aligned],
+                                          geometry=options.return_features or calibration.uses("encoder.output."))
             for feats, canon in zip(rows, aligned):
                 feats.update(canon.features)
                 feats.update(logprob_features(feats["tok.logprob_mean"], window.avg_logprob, own))
-            scored += self._score(calibration, window, rows, policy, options.return_features, timings)
-        return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings)
+            window_scored = self._score(calibration, window, rows, policy, options.return_features or plan is not None,
+                                        timings)
+            if plan is not None:
+                limits = self._words(bundle, window, ctx, plan, window_scored, policy, options.return_features, timings)
+                last_speech = clamp_words(window_scored, limits, last_speech)
+                if not options.return_features:
+                    for s in window_scored:
+                        s.features = None
+            scored += window_scored
+        return GuardResult(scored, bundle.name, language or "en", len(audio) / SAMPLE_RATE, policy.mode, timings,
+                           options.granularity)
 
     def _encode_and_decode(self, bundle: Bundle, window_audio: np.ndarray, language: str | None,
                            options: RequestOptions) -> tuple[np.ndarray, int, str, OwnDecode]:
@@ -246,8 +271,14 @@ class Guard:
         rows) and the scored rows: the previous-text prompt is fed but never read."""
         t0 = time.perf_counter()
         seq = window.prompt + window.tokens
-        rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
-        targets = np.asarray(window.tokens, dtype=np.int64)
+        if read_rows is not None and extra_rows is None:
+            # the vocabulary projection (the probe's costliest matmul) only where the signature reads
+            rows = np.unique(read_rows)
+            targets = np.asarray(seq, dtype=np.int64)[rows + 1]
+        else:
+            rows = np.arange(len(window.prompt) - 1, len(seq) - 1)
+            targets = np.asarray(window.tokens, dtype=np.int64)
+        n_main = len(rows)
         if extra_rows is not None:
             rows = np.concatenate([rows, extra_rows[0]])
             targets = np.concatenate([targets, extra_rows[1]])
@@ -256,7 +287,6 @@ class Guard:
                                              pattern_rows=None if read_rows is None else np.unique(read_rows))
         timings["probe"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        n_main = len(window.tokens)
         lp = np.full(len(seq), np.nan)
         ent = np.full(len(seq), np.nan)
         ok = np.zeros(len(seq), dtype=bool)
@@ -265,7 +295,7 @@ class Guard:
         ent[main_rows] = cache["logits.entropy"][:n_main]
         ok[main_rows] = cache["logits.argmax"][:n_main] == targets[:n_main]
         evidence = self.vad.evidence(window.audio, enabled=self.settings.vad)
-        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok)
+        ctx = WindowContext(cache, evidence, bundle.alignment_heads, lp, ent, ok, window.encoder_output)
         timings["signature"] += time.perf_counter() - t0
         return ctx, cache["logits.target_logprob"][n_main:]
 
@@ -282,20 +312,40 @@ class Guard:
         return out
 
     def _segment_features(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
-                          timings: dict[str, float], texts: list[str] | None = None) -> list[dict[str, float]]:
-        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text)."""
+                          timings: dict[str, float], texts: list[str] | None = None, *,
+                          geometry: bool = False) -> list[dict[str, float]]:
+        """The signature of each segment of a window (`texts`: what was teacher-forced, if not seg.text).
+
+        `geometry`: add the encoder-output geometry, which costs a few % of the probe (only when the
+        score uses it or features are asked for)."""
         t0 = time.perf_counter()
-        rows_features = []
+        rows_features, attention = [], []
         for i, (seg, rows) in enumerate(zip(window.segments, self._text_rows(bundle, window, spans))):
             frame_lo = int(np.clip((seg.start - window.start) / FRAME_SECONDS, 0, ctx.evidence.n_frames))
             frame_hi = int(np.clip((seg.end - window.start) / FRAME_SECONDS, frame_lo, ctx.evidence.n_frames))
             sl = SegmentSlice(rows, frame_lo, frame_hi, i, len(window.segments))
             feats = text_features(seg.text if texts is None else texts[i], seg.start, seg.end, seg.avg_logprob,
                                   seg.no_speech_prob, seg.compression_ratio, seg.temperature, self.phrases)
-            feats.update(segment_features(ctx, sl))
+            with blas.single_threaded():  # see guard.blas
+                feats.update(segment_features(ctx, sl))
+                if geometry:
+                    feats.update(encoder_features(ctx.encoder_output, frame_lo, frame_hi, ctx.evidence.n_frames))
             rows_features.append(feats)
+            attention.append(sl.alignment)
+        for feats, extra in zip(rows_features, window_context_features(
+                attention, [normalise(seg.text if texts is None else texts[i]).split()
+                            for i, seg in enumerate(window.segments)])):
+            feats.update(extra)
         timings["signature"] += time.perf_counter() - t0
         return rows_features
+
+    def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
+                        policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
+        """Signature and detection score of a window's own (transcribed) segments."""
+        rows_features = self._segment_features(
+            bundle, window, ctx, spans, timings,
+            geometry=return_features or bundle.calibration.uses("encoder.output."))
+        return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
 
     @staticmethod
     def _score(calibration: scoring.Calibration, window: Window, rows_features: list[dict[str, float]],
@@ -311,13 +361,67 @@ class Guard:
         return out
 
     def analyse_window(self, bundle: Bundle, window: Window, policy: Policy, return_features: bool,
-                       timings: dict[str, float]) -> list[ScoredSegment]:
+                       timings: dict[str, float], words: bool = False
+                       ) -> tuple[list[ScoredSegment], tuple[float, float] | None]:
+        """Probe, signature and score of one window's segments; with `words`, their words too
+        (timed, scored; faster-whisper's pause clamps still to apply: see `clamp_words`)."""
         spans = locate(window)
         rows = self._text_rows(bundle, window, spans)
         read = np.concatenate(rows) if rows else None
-        ctx, _ = self._probe(bundle, window, None, timings, read_rows=read)
-        rows_features = self._segment_features(bundle, window, ctx, spans, timings)
-        return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
+        plan = self._word_plan(bundle, window, spans) if words else None
+        extra = None
+        if plan is not None:
+            n_fed = len(window.prompt) + len(window.tokens)
+            if n_fed <= bundle.probe.dims["max_positions"]:  # feed the last token too: its row is read
+                eot = bundle.transcriber.tokenizer(window.language).eot
+                extra = (np.array([n_fed - 1]), np.array([eot]))
+            else:
+                n_fed -= 1
+            read = np.union1d(read, np.minimum(plan.std_rows, n_fed - 1))
+        ctx, _ = self._probe(bundle, window, extra, timings, read_rows=read)
+        scored = self._score_segments(bundle, window, ctx, spans, policy, return_features or plan is not None, timings)
+        limits = None
+        if plan is not None:
+            limits = self._words(bundle, window, ctx, plan, scored, policy, return_features, timings)
+            if not return_features:
+                for s in scored:
+                    s.features = None
+        return scored, limits
+
+    # ------------------------------------------------------------ words
+    @staticmethod
+    def _word_plan(bundle: Bundle, window: Window, spans: list[tuple[int, int]]) -> wording.Plan | None:
+        tokenizer = bundle.transcriber.tokenizer(window.language)
+        return wording.plan(window.prompt, window.tokens, spans, list(tokenizer.sot_sequence), tokenizer.eot)
+
+    def word_policy(self, bundle: Bundle, policy: Policy) -> Policy:
+        """The request's mode with the word calibration's thresholds (the segment's without one)."""
+        if bundle.word_calibration is None:
+            return policy
+        t = bundle.word_calibration.thresholds
+        return Policy(policy.mode, t["flag"], t["suppress"])
+
+    def _words(self, bundle: Bundle, window: Window, ctx: WindowContext, plan: wording.Plan,
+               scored: list[ScoredSegment], policy: Policy, return_features: bool,
+               timings: dict[str, float]) -> tuple[float, float]:
+        """Time, feature and score the words of a window's segments (set on `scored` in place)."""
+        t0 = time.perf_counter()
+        tokenizer = bundle.transcriber.tokenizer(window.language)
+        aligned = wording.align_window(ctx, plan, tokenizer, window.n_frames, window.start,
+                                       ctx.cache.n_positions or len(window.prompt) + len(window.tokens))
+        feats = wording.word_features(ctx, plan, aligned, [s.score for s in scored], [s.features for s in scored])
+        timings["signature"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        word_policy = self.word_policy(bundle, policy)
+        for seg, timed, rows in zip(scored, aligned.per_segment, feats):
+            if bundle.word_calibration is not None and rows:
+                scores = bundle.word_calibration.score(rows)
+            else:
+                scores = np.full(len(rows), seg.score)
+            seg.words = [Word(t.word, t.start, t.end, t.probability, float(sc), word_policy.decide(float(sc)),
+                              f if return_features else None) for t, sc, f in zip(timed, scores, rows)]
+        timings["score"] += time.perf_counter() - t0
+        return aligned.words.median, aligned.words.longest
 
 
 class StreamSession:
@@ -336,6 +440,8 @@ class StreamSession:
         self.offset = 0  # absolute index of the first buffered sample
         self.timings = dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)
         self.emitted: list[ScoredSegment] = []
+        self.words = wants_words(options)
+        self.last_speech = 0.0  # faster-whisper's last_speech_timestamp, carried across windows
 
     @property
     def total_samples(self) -> int:
@@ -371,7 +477,8 @@ class StreamSession:
         if include_fed:
             segments = self.emitted
         return GuardResult(segments, self.bundle.name, self.state.language or self.options.language or "en",
-                           self.total_samples / SAMPLE_RATE, self.policy.mode, dict(self.timings))
+                           self.total_samples / SAMPLE_RATE, self.policy.mode, dict(self.timings),
+                           self.options.granularity)
 
     def _run(self, *, final: bool, cancel: Cancel) -> list[ScoredSegment]:
         audio = np.concatenate(self.chunks) if len(self.chunks) > 1 else \
@@ -384,11 +491,17 @@ class StreamSession:
                 self.timings["transcribe"] += time.perf_counter() - t0
                 timings = dict.fromkeys(self.timings, 0.0)
                 pending.append((self.guard.analysis.submit(self.guard.analyse_window, self.bundle, window,
-                                                           self.policy, self.options.return_features, timings),
+                                                           self.policy, self.options.return_features, timings,
+                                                           self.words),
                                 timings))
                 t0 = time.perf_counter()
             self.timings["transcribe"] += time.perf_counter() - t0
-            out = [seg for future, _ in pending for seg in future.result()]
+            out = []
+            for future, _ in pending:
+                scored, limits = future.result()
+                if limits is not None:
+                    self.last_speech = clamp_words(scored, limits, self.last_speech)
+                out += scored
         finally:
             for future, _ in pending:
                 future.cancel()
@@ -411,6 +524,18 @@ def _decode(audio: np.ndarray | AudioSource) -> tuple[np.ndarray, dict[str, floa
     t0 = time.perf_counter()
     samples = audio.decode()
     return samples, {"decode": time.perf_counter() - t0}
+
+
+def wants_words(options: RequestOptions) -> bool:
+    return options.word_timestamps or options.granularity is Granularity.word
+
+
+def clamp_words(scored: list[ScoredSegment], limits: tuple[float, float], last_speech: float) -> float:
+    """faster-whisper's pause and segment-boundary clamps on a window's words, in segment order."""
+    for seg in scored:
+        if seg.words:
+            last_speech = alignment.clamp_segment(seg.words, seg.segment.start, seg.segment.end, *limits, last_speech)
+    return last_speech
 
 
 def locate(window: Window) -> list[tuple[int, int]]:

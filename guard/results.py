@@ -15,6 +15,13 @@ class Verdict(str, Enum):
     suppress = "suppress"
 
 
+class Granularity(str, Enum):
+    """What the policy removes from the response text under suppress: whole segments, or words."""
+
+    segment = "segment"
+    word = "word"
+
+
 class RequestOptions(BaseModel):
     """Per-request options; None means the server's configured default."""
 
@@ -29,6 +36,8 @@ class RequestOptions(BaseModel):
     return_features: bool = False
     prompt: str | None = Field(None, max_length=4000)  # faster-whisper's initial_prompt
     temperature: float | None = Field(None, gt=0, le=1)  # one sampling temperature instead of the ladder
+    word_timestamps: bool = False
+    granularity: Granularity = Granularity.segment  # word: implies word_timestamps
 
 
 class TranscriptSegment(BaseModel):
@@ -65,12 +74,40 @@ class Reason:
 
 
 @dataclass
+class Word:
+    """One word with its timing (from the probe's alignment heads), the decoder's probability, and
+    its own hallucination score and verdict."""
+
+    word: str  # as Whisper wrote it, leading space and attached punctuation included
+    start: float
+    end: float
+    probability: float
+    score: float
+    verdict: Verdict
+    features: dict[str, float] | None = None
+
+
+def word_json(w: Word) -> dict:
+    """A word as the JSON outputs (CLI rows, manifest rows) write it; features only when computed."""
+    return {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "probability": round(w.probability, 4),
+            "score": round(w.score, 4), "verdict": w.verdict.value,
+            **({"features": w.features} if w.features is not None else {})}
+
+
+@dataclass
 class ScoredSegment:
     segment: Segment
     score: float  # attractor-regime score in [0, 1]
     verdict: Verdict
     reasons: list[Reason] = field(default_factory=list)
     features: dict[str, float] | None = None
+    words: list[Word] | None = None  # when word timestamps were asked for
+
+    def kept_text(self, granularity: "Granularity") -> str:
+        """The segment's contribution to the response text under a policy of this granularity."""
+        if granularity is Granularity.word and self.words is not None:
+            return "".join(w.word for w in self.words if w.verdict is not Verdict.suppress)
+        return "" if self.verdict is Verdict.suppress else self.segment.text
 
 
 @dataclass
@@ -81,15 +118,17 @@ class GuardResult:
     audio_seconds: float
     policy: PolicyMode
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    granularity: Granularity = Granularity.segment
     source: dict | None = None  # where the text came from when not this guard (proxy: the upstream)
 
     @property
     def text(self) -> str:
-        """The transcript with suppressed segments left out."""
-        return kept_text(self.segments)
+        """The transcript with suppressed segments (or, at word granularity, suppressed words) left out."""
+        return kept_text(self.segments, self.granularity)
 
 
-def kept_text(segments: list[ScoredSegment]) -> str:
-    """The segments' texts, suppressed ones left out, one space apart (segment texts carry no
-    leading or trailing space: Whisper's leading space is stripped where segments are made)."""
-    return " ".join(t for s in segments if s.verdict is not Verdict.suppress and (t := s.segment.text.strip()))
+def kept_text(segments: list[ScoredSegment], granularity: Granularity = Granularity.segment) -> str:
+    """The segments' kept texts one space apart (segment texts carry no leading or trailing space:
+    Whisper's leading space is stripped where segments are made; words keep theirs, so their
+    concatenation is stripped per segment)."""
+    return " ".join(t for s in segments if (t := s.kept_text(granularity).strip()))

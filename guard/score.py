@@ -39,6 +39,10 @@ class Calibration:
     meta: dict = field(default_factory=dict)
     quadratic: bool = False  # when True, coef holds [linear..., quadratic...]
 
+    def uses(self, prefix: str) -> bool:
+        """Whether any feature of the score starts with `prefix` (optional features are computed only then)."""
+        return any(f.startswith(prefix) for f in self.features)
+
     def design(self, rows: list[dict[str, float]]) -> np.ndarray:
         """Raw feature dicts -> standardised design matrix [n, k] (missing features count as the mean)."""
         x = np.array([[r.get(f, np.nan) for f in self.features] for r in rows], dtype=np.float64).reshape(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from guard.acoustic import FrameEvidence
+from guard.geometry import participation_ratios
 from guard.probe.decoder_graph import out_name, pattern_name
 from guard.probe.runner import ProbeCache
 
@@ -119,6 +120,7 @@ class SegmentSlice:
     frame_hi: int
     index_in_window: int
     n_in_window: int
+    alignment: np.ndarray | None = None  # set by segment_features: the alignment heads' attention over frames
 
 
 @dataclass
@@ -131,6 +133,7 @@ class WindowContext:
     token_logprob: np.ndarray  # by input position (nan where not scored)
     token_entropy: np.ndarray
     token_argmax_ok: np.ndarray
+    encoder_output: np.ndarray | None = None  # [1500, d] of the window (geometry features)
 
 
 # ---------------------------------------------------------------- the signature
@@ -157,6 +160,10 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     entropy = -np.sum(norm * np.log(np.maximum(norm, EPS)), -1) / np.log(max(n_frames, 2))  # [L, H, n]
     nonspeech_mass = (norm * ~speech).sum(-1)  # [L, H, n]
     span_mass = norm[..., lo:hi].sum(-1) if hi > lo else np.zeros_like(content_mass)
+    per_head = {"eff_rank_frac": att["eff_rank_frac"].tolist(), "slope": att["slope"].tolist(),  # [L][H] floats
+                "entropy": entropy.mean(-1).tolist(), "nonspeech_mass": nonspeech_mass.mean(-1).tolist(),
+                "span_mass": span_mass.mean(-1).tolist()}
+    pr_outs = participation_ratios(outs).tolist()  # intrinsic dimension of each layer's rows
     for l in range(n_layers):
         pre_a, pre_o = pattern_name(l), out_name(l)
         for key, value in att.items():
@@ -169,6 +176,11 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
         for key, value in act.items():
             f[f"{pre_o}.{key}"] = float(value[l])
         f[f"{pre_o}.kirchhoff"] = float(kf[l])
+        f[f"{pre_o}.participation_ratio"] = pr_outs[l]
+        for h in range(n_heads):  # per head: the fit selects the heads that carry signal
+            pre_h = f"{pre_a}.heads.{h}"
+            for key, values in per_head.items():
+                f[f"{pre_h}.{key}"] = values[l][h]
 
     # depth trends: compression and hardening across layers, gain and alignment of top modes
     er_att = att["eff_rank_frac"].mean(1)
@@ -184,6 +196,8 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     # alignment heads: where the decoder looks while writing each token
     heads = ctx.alignment_heads
     align = norm[heads[:, 0], heads[:, 1]].mean(0) if len(heads) else norm[-1].mean(0)  # [n, F]
+    mean_align = align.mean(0) if len(align) else np.zeros(n_frames)
+    seg.alignment = mean_align / max(float(mean_align.sum()), EPS)
     peaks = align.argmax(-1)
     steps = np.diff(peaks)
     span = max(1, seg.frame_hi - seg.frame_lo)

@@ -8,7 +8,8 @@ There is no Kubernetes cluster and no Docker engine here. In their place:
   PrometheusRule), which those schemas lack, are checked structurally here and the rules
   with promtool;
 - the images' install recipe (deploy/docker/install.sh, what both Dockerfiles RUN) is run
-  into a fresh virtualenv, and the Dockerfiles are checked statically.
+  into a fresh virtualenv, and the Dockerfiles are checked statically. The CPU image itself is
+  built and run with podman by tests/test_image.py.
 """
 from __future__ import annotations
 

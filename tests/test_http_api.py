@@ -17,7 +17,6 @@ import pytest
 
 from conftest import is_speech_text
 from grpc_fixtures import NONSPEECH, SPEECH, SPEECH_TEXT, SPEECH_THEN_MUSIC, pcm16, wav_bytes
-from guard.transports.http.forms import WORDS_AVAILABLE
 from http_fixtures import running_http, sample_value, sdk
 
 SPEECH_SECONDS = 5.52
@@ -101,16 +100,20 @@ def test_verbose_json_has_openais_segment_fields_and_a_guard_object(client):
     assert r.model_extra["guard"]["timings"]["decode"] >= 0
 
 
-def test_word_granularity_is_the_documented_error_until_words_exist(client):
-    if WORDS_AVAILABLE:
-        r = _create(client, response_format="verbose_json", timestamp_granularities=["word", "segment"])
-        assert r.words and r.segments
-        return
-    with pytest.raises(openai.BadRequestError) as info:
-        _create(client, response_format="verbose_json", timestamp_granularities=["word"])
-    err = info.value.body
-    assert err["param"] == "timestamp_granularities[]" and "not supported yet" in err["message"]
-    assert info.value.status_code == 400
+def test_word_granularity_gives_timed_scored_words(client):
+    r = _create(client, response_format="verbose_json", timestamp_granularities=["word", "segment"])
+    assert r.words and r.segments
+    assert words(" ".join(w.word for w in r.words)) == words(" ".join(s.text for s in r.segments))
+    for w in r.words:
+        assert 0 <= w.start <= w.end <= SPEECH_SECONDS + 0.05
+        extra = w.model_extra
+        assert 0 <= extra["probability"] <= 1 and 0 <= extra["guard"]["score"] <= 1
+        assert extra["guard"]["verdict"] in ("pass", "flag", "suppress")
+    only_words = _create(client, response_format="verbose_json", timestamp_granularities=["word"])
+    assert only_words.words and not only_words.segments
+    with pytest.raises(openai.BadRequestError) as info:  # OpenAI's rule: word timestamps need verbose_json
+        _create(client, response_format="json", timestamp_granularities=["word"])
+    assert info.value.body["param"] == "timestamp_granularities[]" and info.value.status_code == 400
 
 
 def test_streaming_events_as_the_sdk_types_them(client):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard import models
+from guard import hash_cache, models
 from guard.errors import ModelError, UnknownModel
 from guard.probe import ct2_reader
 
@@ -35,7 +35,7 @@ def test_base_parts_are_joined_once_atomically_and_verified(tmp_path, caplog):
     again = models.resolve("base", cache=tmp_path)
     assert again.path == m.path and (m.path / "model.bin").stat().st_mtime_ns == mtime  # not joined twice
     assert not [r for r in caplog.records if "joining" in r.getMessage()]  # and not announced twice
-    assert [p.name for p in tmp_path.iterdir()] == [m.path.name]  # no temp dirs left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([m.path.name, "hashes"])  # no temp dirs left
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path, monkeypatch):
@@ -43,6 +43,45 @@ def test_checksum_mismatch_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(models.KNOWN, "tiny.en", bad)
     with pytest.raises(ModelError, match="sha256 .* expected 0{64}.*reinstall"):
         models.resolve("tiny.en", cache=tmp_path)
+
+
+def test_hash_is_recorded_per_file_identity_and_any_change_is_rehashed(tmp_path, monkeypatch):
+    src = models.resolve("tiny.en", cache=tmp_path).path
+    copy = tmp_path / "my-whisper"
+    shutil.copytree(src, copy)
+    bin_ = copy / "model.bin"
+    calls = []
+    real = hash_cache.sha256_file
+    monkeypatch.setattr(hash_cache, "sha256_file", lambda p: calls.append(p) or real(p))
+    first = models.resolve(str(copy), cache=tmp_path)
+    assert first.sha256 == models.KNOWN["tiny.en"].sha256 and len(calls) == 1
+    assert models.resolve(str(copy), cache=tmp_path).sha256 == first.sha256 and len(calls) == 1  # a stat, no read
+    with open(bin_, "r+b") as f:  # same size, one byte changed: a new mtime, so hashed again
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    changed = models.resolve(str(copy), cache=tmp_path)
+    assert len(calls) == 2 and changed.sha256 != first.sha256
+    for record in (tmp_path / "hashes").iterdir():  # a corrupt record counts as none
+        record.write_text("{not json")
+    assert models.resolve(str(copy), cache=tmp_path).sha256 == changed.sha256 and len(calls) == 3
+
+
+def test_a_changed_pinned_file_is_rehashed_and_the_mismatch_still_fails_clearly(tmp_path, monkeypatch):
+    m = models.resolve("base", cache=tmp_path)  # joined into the cache: a file this test may change
+    bin_ = m.path / "model.bin"
+    assert models.resolve("base", cache=tmp_path).sha256 == m.sha256
+    saved = bin_.read_bytes()
+    try:
+        with open(bin_, "r+b") as f:
+            f.seek(len(saved) // 2)
+            f.write(bytes(b ^ 0xFF for b in saved[len(saved) // 2:len(saved) // 2 + 16]))
+        with pytest.raises(ModelError, match="sha256 .* expected .*corrupt or not the pinned release"):
+            models.resolve("base", cache=tmp_path)
+    finally:
+        bin_.write_bytes(saved)
+    assert models.resolve("base", cache=tmp_path).sha256 == m.sha256
 
 
 def test_corrupt_split_parts_are_rejected_and_not_cached(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from guard.errors import AudioError, OptionsError, TranscriptError
 from guard.grpc_gen import guard_pb2 as pb
 from guard import results
 from guard.intake import AudioSource, EncodedAudio, RawPcm
-from guard.results import GuardResult, RequestOptions, ScoredSegment, TranscriptSegment, Verdict
+from guard.results import Granularity, GuardResult, RequestOptions, ScoredSegment, TranscriptSegment, Verdict, Word
 from guard.serving.options import request_options, transcript_segment
 
 POLICY_TO_PB = {
@@ -15,12 +15,17 @@ POLICY_TO_PB = {
     PolicyMode.suppress: pb.POLICY_MODE_SUPPRESS,
 }
 PB_TO_POLICY = {v: k for k, v in POLICY_TO_PB.items()}
+PB_TO_GRANULARITY = {pb.GRANULARITY_UNSPECIFIED: Granularity.segment, pb.GRANULARITY_SEGMENT: Granularity.segment,
+                     pb.GRANULARITY_WORD: Granularity.word}
 VERDICT_TO_PB = {Verdict.pass_: pb.VERDICT_PASS, Verdict.flag: pb.VERDICT_FLAG, Verdict.suppress: pb.VERDICT_SUPPRESS}
 
 
 def options_from_pb(o: pb.Options) -> RequestOptions:
     """Proto options (zero = server default) to validated RequestOptions."""
-    fields: dict = {"return_features": o.return_features}
+    fields: dict = {"return_features": o.return_features, "word_timestamps": o.word_timestamps}
+    if o.granularity not in PB_TO_GRANULARITY:
+        raise OptionsError(f"options.granularity: unknown value {o.granularity}; use GRANULARITY_SEGMENT or _WORD")
+    fields["granularity"] = PB_TO_GRANULARITY[o.granularity]
     if o.model:
         fields["model"] = o.model
     if o.language:
@@ -68,12 +73,19 @@ def segment_to_pb(s: ScoredSegment, with_features: bool) -> pb.Segment:
     )
     if with_features and s.features:
         out.features.update({k: float(v) for k, v in s.features.items()})
+    if s.words is not None:
+        out.words.extend(word_to_pb(w) for w in s.words)
     return out
 
 
-def kept_text(segments: list[ScoredSegment]) -> str:
-    """The transcript without suppressed segments (the same rule as GuardResult.text)."""
-    return results.kept_text(segments)
+def word_to_pb(w: Word) -> pb.Word:
+    return pb.Word(word=w.word, start_seconds=w.start, end_seconds=w.end, probability=w.probability, score=w.score,
+                   verdict=VERDICT_TO_PB[Verdict(w.verdict)])
+
+
+def kept_text(segments: list[ScoredSegment], granularity: Granularity = Granularity.segment) -> str:
+    """The transcript without suppressed segments, or suppressed words (the same rule as GuardResult.text)."""
+    return results.kept_text(segments, granularity)
 
 
 def summary_to_pb(result: GuardResult, segments: list[ScoredSegment], processing: float, queued: float) -> pb.Summary:

@@ -231,7 +231,7 @@ class GuardService(guard_pb2_grpc.GuardServicer):
         source = audio_from_request(request, self.settings.max_audio_seconds)
         result = self.serving.infer(call, lambda guard, cancel: guard.transcribe(source, options, cancel))
         return result, pb.TranscribeResponse(
-            request_id=call.request_id, text=kept_text(result.segments),
+            request_id=call.request_id, text=kept_text(result.segments, options.granularity),
             segments=[segment_to_pb(s, options.return_features) for s in result.segments],
             summary=summary_to_pb(result, result.segments, call.processing(), call.queued),
         )
@@ -242,7 +242,7 @@ class GuardService(guard_pb2_grpc.GuardServicer):
         source = audio_from_request(request, self.settings.max_audio_seconds)
         result = self.serving.infer(call, lambda guard, cancel: guard.verify(source, transcript, options, cancel))
         return result, pb.VerifyResponse(
-            request_id=call.request_id, text=kept_text(result.segments),
+            request_id=call.request_id, text=kept_text(result.segments, options.granularity),
             segments=[segment_to_pb(s, options.return_features) for s in result.segments],
             summary=summary_to_pb(result, result.segments, call.processing(), call.queued),
         )
@@ -293,7 +293,7 @@ class GuardService(guard_pb2_grpc.GuardServicer):
             whole = dataclasses.replace(result, segments=sent)
             summary = summary_to_pb(whole, sent, call.processing(), call.queued)
             yield pb.SegmentEvent(sequence=sequence + 1, request_id=call.request_id,
-                                  summary=pb.StreamSummary(summary=summary, text=kept_text(sent)))
+                                  summary=pb.StreamSummary(summary=summary, text=kept_text(sent, options.granularity)))
             return whole
         finally:
             reader.close()

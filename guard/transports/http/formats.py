@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from guard import results
 from guard.results import GuardResult, ScoredSegment, Verdict
 from guard.transports.http.forms import ResponseFormat
 
@@ -17,10 +16,6 @@ LANGUAGE_NAMES = {"en": "english"}  # OpenAI's verbose_json names the language; 
 
 def kept(segments: list[ScoredSegment]) -> list[ScoredSegment]:
     return [s for s in segments if s.verdict is not Verdict.suppress]
-
-
-def kept_text(segments: list[ScoredSegment]) -> str:
-    return results.kept_text(segments)
 
 
 def guard_of(s: ScoredSegment, with_features: bool = False) -> dict:
@@ -75,21 +70,19 @@ def _latin1(value: str) -> str:
 
 
 def words_json(result: GuardResult) -> list[dict]:
-    """Per-word entries once the pipeline's segments carry them (see forms.WORDS_AVAILABLE)."""
-    out = []
-    for s in result.segments:
-        for w in getattr(s, "words", None) or ():
-            word = w if isinstance(w, dict) else vars(w)
-            out.append({k: word[k] for k in ("word", "start", "end") if k in word}
-                       | {k: v for k, v in word.items() if k not in ("word", "start", "end")})
-    return out
+    """OpenAI's TranscriptionWord fields (word, start, end) for every word, plus the guard's own
+    (probability, score, verdict)."""
+    return [{"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3),
+             "probability": round(float(w.probability), 4),
+             "guard": {"score": round(float(w.score), 6), "verdict": Verdict(w.verdict).value}}
+            for s in result.segments for w in (s.words or ())]
 
 
 def verbose(result: GuardResult, processing: float, queued: float, granularities: list[str],
             task: str = "transcribe", with_features: bool = False, inference: float | None = None) -> dict:
     seek_of = _seeks(result)
     out = {"task": task, "language": LANGUAGE_NAMES.get(result.language, result.language),
-           "duration": round(result.audio_seconds, 3), "text": kept_text(result.segments),
+           "duration": round(result.audio_seconds, 3), "text": result.text,
            "segments": [segment_json(s, seek_of(s), with_features) for s in result.segments],
            "usage": {"type": "duration", "seconds": round(result.audio_seconds, 3)},
            "guard": summary(result, processing, queued, inference)}
@@ -132,7 +125,7 @@ def render(fmt: ResponseFormat, result: GuardResult, processing: float, queued: 
            granularities: list[str], with_features: bool = False, inference: float | None = None) -> tuple[str, str]:
     """(body, media type) of a finished transcription."""
     if fmt is ResponseFormat.text:
-        return kept_text(result.segments) + "\n", "text/plain; charset=utf-8"
+        return result.text + "\n", "text/plain; charset=utf-8"
     if fmt is ResponseFormat.srt:
         return srt(result.segments), "application/x-subrip; charset=utf-8"
     if fmt is ResponseFormat.vtt:
@@ -141,7 +134,7 @@ def render(fmt: ResponseFormat, result: GuardResult, processing: float, queued: 
         body = verbose(result, processing, queued, granularities, with_features=with_features, inference=inference)
     else:
         seek_of = _seeks(result)
-        body = {"text": kept_text(result.segments),
+        body = {"text": result.text,
                 "usage": {"type": "duration", "seconds": round(result.audio_seconds, 3)},
                 "guard": {**summary(result, processing, queued, inference),
                           "marks": [{"id": s.segment.index, "start": round(s.segment.start, 3),
@@ -175,5 +168,5 @@ def segment_events(segments: list[ScoredSegment], first: bool = True) -> tuple[l
 
 
 def done_event(result: GuardResult, processing: float, queued: float) -> dict:
-    return {"type": "transcript.text.done", "text": kept_text(result.segments),
+    return {"type": "transcript.text.done", "text": result.text,
             "guard": summary(result, processing, queued)}

@@ -1,8 +1,8 @@
 """The fields of OpenAI's transcription form (and the guard's verify form), validated with pydantic.
 
-`timestamp_granularities[]=word` is accepted only when the pipeline's segments carry words
-(`WORDS_AVAILABLE`, true once `ScoredSegment` has a `words` field); until then it is a 400
-that says so. Unknown fields are refused by name rather than ignored.
+`timestamp_granularities[]=word` turns on the pipeline's per-word timestamps and scores (with
+response_format=verbose_json, as OpenAI requires). Unknown fields are refused by name rather
+than ignored.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guard.config import PolicyMode
 from guard.errors import BadRequest, OptionsError
-from guard.results import RequestOptions, ScoredSegment, TranscriptSegment
+from guard.results import RequestOptions, TranscriptSegment
 from guard.serving.options import describe_validation, request_options, transcript_segment
 from guard.transports.http.multipart import Part
 
-WORDS_AVAILABLE = "words" in {f.name for f in dataclasses.fields(ScoredSegment)}
 OPENAI_MODEL_ALIASES = ("whisper-1",)  # what OpenAI clients send; served by the default model
 
 
@@ -162,12 +161,9 @@ def transcription_form(parts: list[Part], served: dict[str, str]) -> Transcripti
     file, fields = _collect(parts)
     f = _validated(_Fields, fields)
     if "word" in f.timestamp_granularities:
-        if not WORDS_AVAILABLE:
-            raise FormError("timestamp_granularities[]=word is not supported yet: the guard scores segments, "
-                            "not words; use segment", "timestamp_granularities[]")
         if f.response_format is not ResponseFormat.verbose_json:
             raise FormError("timestamp_granularities[] needs response_format=verbose_json", "timestamp_granularities[]")
-    extra = {}
+    extra = {"word_timestamps": True} if "word" in f.timestamp_granularities else {}
     if f.prompt:
         extra["prompt"] = f.prompt
     if f.temperature:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwhisperguard/v1/guard.proto\x12\x0fwhisperguard.v1\"=\n\x06RawPcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"\xeb\x01\n\x07Options\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x11\n\tbeam_size\x18\x03 \x01(\r\x12+\n\x06policy\x18\x04 \x01(\x0e\x32\x1b.whisperguard.v1.PolicyMode\x12\x1b\n\x0e\x66lag_threshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12suppress_threshold\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0freturn_features\x18\x07 \x01(\x08\x42\x11\n\x0f_flag_thresholdB\x15\n\x13_suppress_threshold\"\x82\x01\n\x11TranscribeRequest\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x03pcm\x18\x02 \x01(\x0b\x32\x17.whisperguard.v1.RawPcmH\x00\x12)\n\x07options\x18\x03 \x01(\x0b\x32\x18.whisperguard.v1.OptionsB\x07\n\x05\x61udio\">\n\x06Reason\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xf9\x02\n\x07Segment\x12\r\n\x05index\x18\x01 \x01(\r\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12)\n\x07verdict\x18\x06 \x01(\x0e\x32\x18.whisperguard.v1.Verdict\x12(\n\x07reasons\x18\x07 \x03(\x0b\x32\x17.whisperguard.v1.Reason\x12\x38\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32&.whisperguard.v1.Segment.FeaturesEntry\x12\x0e\n\x06window\x18\t \x01(\r\x12\x13\n\x0b\x61vg_logprob\x18\n \x01(\x01\x12\x16\n\x0eno_speech_prob\x18\x0b \x01(\x01\x12\x19\n\x11\x63ompression_ratio\x18\x0c \x01(\x01\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x88\x02\n\x07Summary\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12+\n\x06policy\x18\x03 \x01(\x0e\x32\x1b.whisperguard.v1.PolicyMode\x12\x15\n\raudio_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12processing_seconds\x18\x05 \x01(\x01\x12\x16\n\x0equeued_seconds\x18\x06 \x01(\x01\x12-\n\x07timings\x18\x07 \x03(\x0b\x32\x1c.whisperguard.v1.StageTiming\x12\x10\n\x08segments\x18\x08 \x01(\r\x12\x0f\n\x07\x66lagged\x18\t \x01(\r\x12\x12\n\nsuppressed\x18\n \x01(\r\"\x8d\x01\n\x12TranscribeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x08segments\x18\x02 \x03(\x0b\x32\x18.whisperguard.v1.Segment\x12\x0c\n\x04text\x18\x03 \x01(\t\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.whisperguard.v1.Summary\"`\n\x0cStreamConfig\x12)\n\x07options\x18\x01 \x01(\x0b\x32\x18.whisperguard.v1.Options\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"J\n\nAudioChunk\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.whisperguard.v1.StreamConfig\x12\r\n\x05pcm16\x18\x02 \x01(\x0c\"H\n\rStreamSummary\x12)\n\x07summary\x18\x01 \x01(\x0b\x32\x18.whisperguard.v1.Summary\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x9d\x01\n\x0cSegmentEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12+\n\x07segment\x18\x03 \x01(\x0b\x32\x18.whisperguard.v1.SegmentH\x00\x12\x31\n\x07summary\x18\x04 \x01(\x0b\x32\x1e.whisperguard.v1.StreamSummaryH\x00\x42\x07\n\x05\x65vent\"y\n\x11TranscriptSegment\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\rstart_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x65nd_seconds\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_start_secondsB\x0e\n\x0c_end_seconds\"\xb6\x01\n\rVerifyRequest\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x03pcm\x18\x02 \x01(\x0b\x32\x17.whisperguard.v1.RawPcmH\x00\x12\x36\n\ntranscript\x18\x03 \x03(\x0b\x32\".whisperguard.v1.TranscriptSegment\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.whisperguard.v1.OptionsB\x07\n\x05\x61udio\"\x89\x01\n\x0eVerifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x08segments\x18\x02 \x03(\x0b\x32\x18.whisperguard.v1.Segment\x12\x0c\n\x04text\x18\x03 \x01(\t\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.whisperguard.v1.Summary*s\n\nPolicyMode\x12\x1b\n\x17POLICY_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14POLICY_MODE_ANNOTATE\x10\x01\x12\x14\n\x10POLICY_MODE_FLAG\x10\x02\x12\x18\n\x14POLICY_MODE_SUPPRESS\x10\x03*\\\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FLAG\x10\x02\x12\x14\n\x10VERDICT_SUPPRESS\x10\x03\x32\xfd\x01\n\x05Guard\x12U\n\nTranscribe\x12\".whisperguard.v1.TranscribeRequest\x1a#.whisperguard.v1.TranscribeResponse\x12R\n\x10StreamTranscribe\x12\x1b.whisperguard.v1.AudioChunk\x1a\x1d.whisperguard.v1.SegmentEvent(\x01\x30\x01\x12I\n\x06Verify\x12\x1e.whisperguard.v1.VerifyRequest\x1a\x1f.whisperguard.v1.VerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwhisperguard/v1/guard.proto\x12\x0fwhisperguard.v1\"=\n\x06RawPcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"\xb7\x02\n\x07Options\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x11\n\tbeam_size\x18\x03 \x01(\r\x12+\n\x06policy\x18\x04 \x01(\x0e\x32\x1b.whisperguard.v1.PolicyMode\x12\x1b\n\x0e\x66lag_threshold\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12suppress_threshold\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0freturn_features\x18\x07 \x01(\x08\x12\x17\n\x0fword_timestamps\x18\x08 \x01(\x08\x12\x31\n\x0bgranularity\x18\t \x01(\x0e\x32\x1c.whisperguard.v1.GranularityB\x11\n\x0f_flag_thresholdB\x15\n\x13_suppress_threshold\"\x82\x01\n\x11TranscribeRequest\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x03pcm\x18\x02 \x01(\x0b\x32\x17.whisperguard.v1.RawPcmH\x00\x12)\n\x07options\x18\x03 \x01(\x0b\x32\x18.whisperguard.v1.OptionsB\x07\n\x05\x61udio\">\n\x06Reason\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x8f\x01\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bprobability\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12)\n\x07verdict\x18\x06 \x01(\x0e\x32\x18.whisperguard.v1.Verdict\"\x9f\x03\n\x07Segment\x12\r\n\x05index\x18\x01 \x01(\r\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12)\n\x07verdict\x18\x06 \x01(\x0e\x32\x18.whisperguard.v1.Verdict\x12(\n\x07reasons\x18\x07 \x03(\x0b\x32\x17.whisperguard.v1.Reason\x12\x38\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32&.whisperguard.v1.Segment.FeaturesEntry\x12\x0e\n\x06window\x18\t \x01(\r\x12\x13\n\x0b\x61vg_logprob\x18\n \x01(\x01\x12\x16\n\x0eno_speech_prob\x18\x0b \x01(\x01\x12\x19\n\x11\x63ompression_ratio\x18\x0c \x01(\x01\x12$\n\x05words\x18\r \x03(\x0b\x32\x15.whisperguard.v1.Word\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x88\x02\n\x07Summary\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12+\n\x06policy\x18\x03 \x01(\x0e\x32\x1b.whisperguard.v1.PolicyMode\x12\x15\n\raudio_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12processing_seconds\x18\x05 \x01(\x01\x12\x16\n\x0equeued_seconds\x18\x06 \x01(\x01\x12-\n\x07timings\x18\x07 \x03(\x0b\x32\x1c.whisperguard.v1.StageTiming\x12\x10\n\x08segments\x18\x08 \x01(\r\x12\x0f\n\x07\x66lagged\x18\t \x01(\r\x12\x12\n\nsuppressed\x18\n \x01(\r\"\x8d\x01\n\x12TranscribeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x08segments\x18\x02 \x03(\x0b\x32\x18.whisperguard.v1.Segment\x12\x0c\n\x04text\x18\x03 \x01(\t\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.whisperguard.v1.Summary\"`\n\x0cStreamConfig\x12)\n\x07options\x18\x01 \x01(\x0b\x32\x18.whisperguard.v1.Options\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"J\n\nAudioChunk\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.whisperguard.v1.StreamConfig\x12\r\n\x05pcm16\x18\x02 \x01(\x0c\"H\n\rStreamSummary\x12)\n\x07summary\x18\x01 \x01(\x0b\x32\x18.whisperguard.v1.Summary\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x9d\x01\n\x0cSegmentEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12+\n\x07segment\x18\x03 \x01(\x0b\x32\x18.whisperguard.v1.SegmentH\x00\x12\x31\n\x07summary\x18\x04 \x01(\x0b\x32\x1e.whisperguard.v1.StreamSummaryH\x00\x42\x07\n\x05\x65vent\"y\n\x11TranscriptSegment\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\rstart_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x65nd_seconds\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_start_secondsB\x0e\n\x0c_end_seconds\"\xb6\x01\n\rVerifyRequest\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x03pcm\x18\x02 \x01(\x0b\x32\x17.whisperguard.v1.RawPcmH\x00\x12\x36\n\ntranscript\x18\x03 \x03(\x0b\x32\".whisperguard.v1.TranscriptSegment\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.whisperguard.v1.OptionsB\x07\n\x05\x61udio\"\x89\x01\n\x0eVerifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x08segments\x18\x02 \x03(\x0b\x32\x18.whisperguard.v1.Segment\x12\x0c\n\x04text\x18\x03 \x01(\t\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.whisperguard.v1.Summary*s\n\nPolicyMode\x12\x1b\n\x17POLICY_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14POLICY_MODE_ANNOTATE\x10\x01\x12\x14\n\x10POLICY_MODE_FLAG\x10\x02\x12\x18\n\x14POLICY_MODE_SUPPRESS\x10\x03*\\\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FLAG\x10\x02\x12\x14\n\x10VERDICT_SUPPRESS\x10\x03*Y\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANULARITY_SEGMENT\x10\x01\x12\x14\n\x10GRANULARITY_WORD\x10\x02\x32\xfd\x01\n\x05Guard\x12U\n\nTranscribe\x12\".whisperguard.v1.TranscribeRequest\x1a#.whisperguard.v1.TranscribeResponse\x12R\n\x10StreamTranscribe\x12\x1b.whisperguard.v1.AudioChunk\x1a\x1d.whisperguard.v1.SegmentEvent(\x01\x30\x01\x12I\n\x06Verify\x12\x1e.whisperguard.v1.VerifyRequest\x1a\x1f.whisperguard.v1.VerifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +33,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEGMENT_FEATURESENTRY']._loaded_options = None
   _globals['_SEGMENT_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_POLICYMODE']._serialized_start=2240
-  _globals['_POLICYMODE']._serialized_end=2355
-  _globals['_VERDICT']._serialized_start=2357
-  _globals['_VERDICT']._serialized_end=2449
+  _globals['_POLICYMODE']._serialized_start=2500
+  _globals['_POLICYMODE']._serialized_end=2615
+  _globals['_VERDICT']._serialized_start=2617
+  _globals['_VERDICT']._serialized_end=2709
+  _globals['_GRANULARITY']._serialized_start=2711
+  _globals['_GRANULARITY']._serialized_end=2800
   _globals['_RAWPCM']._serialized_start=48
   _globals['_RAWPCM']._serialized_end=109
   _globals['_OPTIONS']._serialized_start=112
-  _globals['_OPTIONS']._serialized_end=347
-  _globals['_TRANSCRIBEREQUEST']._serialized_start=350
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=480
-  _globals['_REASON']._serialized_start=482
-  _globals['_REASON']._serialized_end=544
-  _globals['_SEGMENT']._serialized_start=547
-  _globals['_SEGMENT']._serialized_end=924
-  _globals['_SEGMENT_FEATURESENTRY']._serialized_start=877
-  _globals['_SEGMENT_FEATURESENTRY']._serialized_end=924
-  _globals['_STAGETIMING']._serialized_start=926
-  _globals['_STAGETIMING']._serialized_end=971
-  _globals['_SUMMARY']._serialized_start=974
-  _globals['_SUMMARY']._serialized_end=1238
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=1241
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=1382
-  _globals['_STREAMCONFIG']._serialized_start=1384
-  _globals['_STREAMCONFIG']._serialized_end=1480
-  _globals['_AUDIOCHUNK']._serialized_start=1482
-  _globals['_AUDIOCHUNK']._serialized_end=1556
-  _globals['_STREAMSUMMARY']._serialized_start=1558
-  _globals['_STREAMSUMMARY']._serialized_end=1630
-  _globals['_SEGMENTEVENT']._serialized_start=1633
-  _globals['_SEGMENTEVENT']._serialized_end=1790
-  _globals['_TRANSCRIPTSEGMENT']._serialized_start=1792
-  _globals['_TRANSCRIPTSEGMENT']._serialized_end=1913
-  _globals['_VERIFYREQUEST']._serialized_start=1916
-  _globals['_VERIFYREQUEST']._serialized_end=2098
-  _globals['_VERIFYRESPONSE']._serialized_start=2101
-  _globals['_VERIFYRESPONSE']._serialized_end=2238
-  _globals['_GUARD']._serialized_start=2452
-  _globals['_GUARD']._serialized_end=2705
+  _globals['_OPTIONS']._serialized_end=423
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=426
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=556
+  _globals['_REASON']._serialized_start=558
+  _globals['_REASON']._serialized_end=620
+  _globals['_WORD']._serialized_start=623
+  _globals['_WORD']._serialized_end=766
+  _globals['_SEGMENT']._serialized_start=769
+  _globals['_SEGMENT']._serialized_end=1184
+  _globals['_SEGMENT_FEATURESENTRY']._serialized_start=1137
+  _globals['_SEGMENT_FEATURESENTRY']._serialized_end=1184
+  _globals['_STAGETIMING']._serialized_start=1186
+  _globals['_STAGETIMING']._serialized_end=1231
+  _globals['_SUMMARY']._serialized_start=1234
+  _globals['_SUMMARY']._serialized_end=1498
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=1501
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=1642
+  _globals['_STREAMCONFIG']._serialized_start=1644
+  _globals['_STREAMCONFIG']._serialized_end=1740
+  _globals['_AUDIOCHUNK']._serialized_start=1742
+  _globals['_AUDIOCHUNK']._serialized_end=1816
+  _globals['_STREAMSUMMARY']._serialized_start=1818
+  _globals['_STREAMSUMMARY']._serialized_end=1890
+  _globals['_SEGMENTEVENT']._serialized_start=1893
+  _globals['_SEGMENTEVENT']._serialized_end=2050
+  _globals['_TRANSCRIPTSEGMENT']._serialized_start=2052
+  _globals['_TRANSCRIPTSEGMENT']._serialized_end=2173
+  _globals['_VERIFYREQUEST']._serialized_start=2176
+  _globals['_VERIFYREQUEST']._serialized_end=2358
+  _globals['_VERIFYRESPONSE']._serialized_start=2361
+  _globals['_VERIFYRESPONSE']._serialized_end=2498
+  _globals['_GUARD']._serialized_start=2803
+  _globals['_GUARD']._serialized_end=3056
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,12 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_PASS: _ClassVar[Verdict]
     VERDICT_FLAG: _ClassVar[Verdict]
     VERDICT_SUPPRESS: _ClassVar[Verdict]
+
+class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
+    GRANULARITY_SEGMENT: _ClassVar[Granularity]
+    GRANULARITY_WORD: _ClassVar[Granularity]
 POLICY_MODE_UNSPECIFIED: PolicyMode
 POLICY_MODE_ANNOTATE: PolicyMode
 POLICY_MODE_FLAG: PolicyMode
@@ -28,6 +34,9 @@ VERDICT_UNSPECIFIED: Verdict
 VERDICT_PASS: Verdict
 VERDICT_FLAG: Verdict
 VERDICT_SUPPRESS: Verdict
+GRANULARITY_UNSPECIFIED: Granularity
+GRANULARITY_SEGMENT: Granularity
+GRANULARITY_WORD: Granularity
 
 class RawPcm(_message.Message):
     __slots__ = ("data", "sample_rate", "channels")
@@ -40,7 +49,7 @@ class RawPcm(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class Options(_message.Message):
-    __slots__ = ("model", "language", "beam_size", "policy", "flag_threshold", "suppress_threshold", "return_features")
+    __slots__ = ("model", "language", "beam_size", "policy", "flag_threshold", "suppress_threshold", "return_features", "word_timestamps", "granularity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +57,8 @@ class Options(_message.Message):
     FLAG_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SUPPRESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     RETURN_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     language: str
     beam_size: int
@@ -55,7 +66,9 @@ class Options(_message.Message):
     flag_threshold: float
     suppress_threshold: float
     return_features: bool
-    def __init__(self, model: _Optional[str] = ..., language: _Optional[str] = ..., beam_size: _Optional[int] = ..., policy: _Optional[_Union[PolicyMode, str]] = ..., flag_threshold: _Optional[float] = ..., suppress_threshold: _Optional[float] = ..., return_features: _Optional[bool] = ...) -> None: ...
+    word_timestamps: bool
+    granularity: Granularity
+    def __init__(self, model: _Optional[str] = ..., language: _Optional[str] = ..., beam_size: _Optional[int] = ..., policy: _Optional[_Union[PolicyMode, str]] = ..., flag_threshold: _Optional[float] = ..., suppress_threshold: _Optional[float] = ..., return_features: _Optional[bool] = ..., word_timestamps: _Optional[bool] = ..., granularity: _Optional[_Union[Granularity, str]] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
     __slots__ = ("encoded", "pcm", "options")
@@ -77,8 +90,24 @@ class Reason(_message.Message):
     contribution: float
     def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
+class Word(_message.Message):
+    __slots__ = ("word", "start_seconds", "end_seconds", "probability", "score", "verdict")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    END_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    start_seconds: float
+    end_seconds: float
+    probability: float
+    score: float
+    verdict: Verdict
+    def __init__(self, word: _Optional[str] = ..., start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., probability: _Optional[float] = ..., score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, str]] = ...) -> None: ...
+
 class Segment(_message.Message):
-    __slots__ = ("index", "start_seconds", "end_seconds", "text", "score", "verdict", "reasons", "features", "window", "avg_logprob", "no_speech_prob", "compression_ratio")
+    __slots__ = ("index", "start_seconds", "end_seconds", "text", "score", "verdict", "reasons", "features", "window", "avg_logprob", "no_speech_prob", "compression_ratio", "words")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +127,7 @@ class Segment(_message.Message):
     AVG_LOGPROB_FIELD_NUMBER: _ClassVar[int]
     NO_SPEECH_PROB_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     start_seconds: float
     end_seconds: float
@@ -110,7 +140,8 @@ class Segment(_message.Message):
     avg_logprob: float
     no_speech_prob: float
     compression_ratio: float
-    def __init__(self, index: _Optional[int] = ..., start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., window: _Optional[int] = ..., avg_logprob: _Optional[float] = ..., no_speech_prob: _Optional[float] = ..., compression_ratio: _Optional[float] = ...) -> None: ...
+    words: _containers.RepeatedCompositeFieldContainer[Word]
+    def __init__(self, index: _Optional[int] = ..., start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., window: _Optional[int] = ..., avg_logprob: _Optional[float] = ..., no_speech_prob: _Optional[float] = ..., compression_ratio: _Optional[float] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ...) -> None: ...
 
 class StageTiming(_message.Message):
     __slots__ = ("stage", "seconds")

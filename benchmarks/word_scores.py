@@ -1,0 +1,345 @@
+"""Per-word hallucination scores: extract, label, fit on DEV train, report on DEV validation.
+
+    python benchmarks/word_scores.py --corpus ../shared/bench --model tiny.en [--write-calibration]
+
+1. extract: every clip through the guard with word timestamps and features (resumable cache,
+   benchmarks/.cache/words-<model>.jsonl; run it with `nice`, it takes a while on a shared host);
+2. label words with the corpus rule, at word level: the clip's hypothesis words (each Whisper word
+   normalised on its own) are aligned against the reference as `guard.labels.word_ops` does; a word
+   is hallucinated when its normalised words are `ins` or `far`, or when it lies outside every
+   speech interval widened by 1 s; words that normalise to nothing are not labelled;
+3. split clips exactly as the detection benchmark does (guard.calibrate.split / groups_of);
+4. fit a logistic word score on train (L2 by grouped CV on train; thresholds from out-of-fold train
+   scores: flag at 1% of grounded train words, suppress at 0.5%), report on validation beside two
+   anchors: faster-whisper's word probability (as 1 - p) and the segment score broadcast to its
+   words; AUROC and TPR at 1% FPR, overall and on the mixed case (segments holding both grounded
+   and invented words); what word-level suppress removes;
+5. write benchmarks/results/words-score-<model>.{json,md} (+ guard/calibration/words-<model>.json).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from guard import evaluation  # noqa: E402
+from guard.calibrate import L2_GRID, groups_of, split, transform_for  # noqa: E402
+from guard.corpus import read_manifest  # noqa: E402
+from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
+from guard.score import Calibration, fit, fit_logistic  # noqa: E402
+from guard.words import add_relative, segment_context  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+FLAG_FPR, SUPPRESS_FPR = 0.01, 0.005
+WORD_TRANSFORMS = {"word.probability": "logit", "word.attn_speech_mass": "logit", "word.vad_prob": "logit",
+                   "word.vad_share": "logit", "seg.score": "logit", "word.duration": "log", "word.chars": "log",
+                   "word.path_frames": "log", "word.speech_distance_s": "log", "word.attn_concentration": "logit"}
+
+
+def extract(corpus: Path, model: str, cache: Path, limit: int | None = None) -> None:
+    from guard import corpus as runner
+    from guard.config import Settings
+    from guard.pipeline import Guard
+    from guard.results import RequestOptions
+
+    guard = Guard(Settings(model=model, max_concurrent=1))
+    for _ in runner.run(guard, corpus / "manifest.jsonl", cache, limit=limit, progress=True,
+                        options=RequestOptions(return_features=True, word_timestamps=True)):
+        pass
+
+
+# ---------------------------------------------------------------- generated mixed segments
+FIXTURE_IDS = {"ast-en-agent-alreadyon", "spi-tabla-tun3", "gnome-logout", "mix-stn-d009"}  # tests/fixtures
+
+
+def invented_sentence(clip_id: str, phrases: list[str]) -> str:
+    """A phrase Whisper is known to invent (Bag of Hallucinations), picked by the clip id."""
+    pick = phrases[int(hashlib.sha256(clip_id.encode()).hexdigest(), 16) % len(phrases)]
+    return " " + pick[:1].upper() + pick[1:] + "."
+
+
+def generate(corpus: Path, model: str, cache: Path, limit: int) -> None:
+    """Verify cases built from DEV English speech clips: the true transcript with an invented
+    sentence appended, one segment without times (so the words are labelled by construction).
+    Clips copied into tests/fixtures are left out. Resumable like the extraction."""
+    from guard import corpus as runner
+    from guard.audio import decode_file
+    from guard.config import Settings
+    from guard.pipeline import Guard, load_phrases
+    from guard.results import RequestOptions, TranscriptSegment
+
+    phrases = sorted(p for p in load_phrases() if 2 <= len(p.split()) <= 8)
+    clips = [c for c in read_manifest(corpus / "manifest.jsonl") if c["kind"] == "speech" and c.get("lang") == "en"
+             and c["duration"] <= 25 and c.get("text") and c["id"] not in FIXTURE_IDS]
+    clips.sort(key=lambda c: hashlib.sha256(c["id"].encode()).hexdigest())
+    done = runner.done_ids(cache)
+    todo = [c for c in clips[:limit] if c["id"] not in done]
+    if not todo:
+        return
+    guard = Guard(Settings(model=model, max_concurrent=1))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "a", encoding="utf-8") as f:
+        for k, clip in enumerate(todo, 1):
+            true_text = " " + clip["text"].strip()
+            text = true_text + invented_sentence(clip["id"], phrases)
+            audio = decode_file(corpus / clip["audio"], max_seconds=60)
+            result = guard.verify(audio, [TranscriptSegment(text=text)],
+                                  RequestOptions(word_timestamps=True, return_features=True, language="en"))
+            seg = result.segments[0]
+            pos, words = 0, []
+            for w in seg.words:
+                words.append({"features": w.features, "probability": w.probability, "label": int(pos >= len(true_text))})
+                pos += len(w.word)
+            f.write(json.dumps({"id": clip["id"], "segment_score": seg.score, "words": words}, default=float) + "\n")
+            f.flush()
+            print(f"\rgenerated {k}/{len(todo)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+
+def generated_rows(clips: dict[str, dict], cache: Path) -> list[dict]:
+    rows = []
+    if not cache.exists():
+        return rows
+    for line in cache.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        for w in rec["words"]:
+            rows.append({"id": rec["id"], "segment": f"gen:{rec['id']}", "kind": "generated", "category": "verify-tail",
+                         "label": w["label"], "features": w["features"], "probability": w["probability"],
+                         "segment_score": rec["segment_score"]})
+    return rows
+
+
+# ---------------------------------------------------------------- labels
+def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
+    """One row per labelled word: features, label, the anchors, clip/segment identity."""
+    rows = []
+    for line in cache.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        clip = clips[rec["id"]]
+        lang = clip.get("lang")
+        items = []  # (segment index, word dict, its normalised pieces)
+        for si, seg in enumerate(sorted(rec["segments"], key=lambda s: (s["start"], s["end"]))):
+            for w in seg.get("words") or []:
+                items.append((si, seg, w, norm_words(w["word"], lang)))
+        hyp = [p for *_, pieces in items for p in pieces]
+        ops = word_ops(hyp, norm_words(clip.get("text", ""), lang)) if hyp else []
+        by_segment = defaultdict(list)
+        for si, seg, w, pieces in items:
+            if "features" in w and not any(k.endswith(".vs_segment") for k in w["features"]):
+                by_segment[si].append(w["features"])
+        for rows_ in by_segment.values():  # caches written before the relative features existed
+            add_relative(rows_)
+        k = 0
+        for si, seg, w, pieces in items:
+            mine, k = ops[k:k + len(pieces)], k + len(pieces)
+            if not pieces:
+                continue
+            invented = any(o in ("ins", "far") for o in mine)
+            outside = outside_speech(w["start"], w["end"], clip["speech"])
+            feats = {**segment_context(seg.get("features")), **w["features"]}  # older caches lack the context
+            rows.append({"id": rec["id"], "segment": f"{rec['id']}#{si}", "kind": clip["kind"],
+                         "category": clip.get("category"), "label": int(invented or outside),
+                         "features": feats, "probability": w["probability"], "segment_score": seg["score"]})
+    return rows
+
+
+# ---------------------------------------------------------------- fit
+# Shares of the training weight: words of real mixed segments (grounded and invented words in one
+# segment), words of generated verify cases, and the rest. Chosen on out-of-fold train scores
+# (`choose_shares`), never on validation.
+SHARES = {"mixed": 0.3, "generated": 0.1}
+
+
+def _fit(model: str, rows: list[dict], features: list[str], l2: float, shares: dict | None = None) -> Calibration:
+    """Logistic fit as guard.score.fit (standardised, transformed, balanced classes), with the words
+    of mixed segments and of generated cases given fixed shares of the total weight: they are few,
+    and they are what a word score adds over the segment score."""
+    shares = SHARES if shares is None else shares
+    cal = fit(f"words-{model}", [r["features"] for r in rows], np.array([r["label"] for r in rows]), features,
+              {f: WORD_TRANSFORMS.get(f, transform_for(f)) for f in features}, l2=l2)
+    y = np.array([r["label"] for r in rows], dtype=np.float64)
+    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
+    w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
+    generated = np.array([r["kind"] == "generated" for r in rows])
+    mixed = mixed_segments(rows) & ~generated
+    pools = {"mixed": mixed, "generated": generated}
+    rest = ~(mixed | generated)
+    out = np.zeros(len(rows))
+    total_share = 0.0
+    for name, m in pools.items():
+        if m.any() and shares.get(name, 0) > 0:
+            out[m] = w[m] * shares[name] / w[m].sum()
+            total_share += shares[name]
+    out[rest] = w[rest] * (1 - total_share) / max(w[rest].sum(), 1e-12)
+    cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2,
+                                           weights=out * len(y))
+    return cal
+    y = np.array([r["label"] for r in rows], dtype=np.float64)
+    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
+    w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
+    w = np.where(mixed, w * MIXED_WEIGHT / w[mixed].sum(), w * (1 - MIXED_WEIGHT) / w[~mixed].sum()) * len(y)
+    cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2, weights=w)
+    return cal
+
+
+def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
+                folds: int = 5, shares: dict | None = None) -> np.ndarray:
+    fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
+    fold = np.array([fold_of[groups[r["id"]]] for r in rows])
+    scores = np.zeros(len(rows))
+    for k in range(folds):
+        train = [r for r, f in zip(rows, fold) if f != k]
+        idx = np.flatnonzero(fold == k)
+        if len(idx) and len({r["label"] for r in train}) == 2:
+            scores[idx] = _fit(model, train, features, l2, shares).score([rows[i]["features"] for i in idx])
+    return scores
+
+
+def usable(rows: list[dict]) -> list[str]:
+    names = sorted({k for r in rows for k in r["features"]})
+    keep = []
+    for f in names:
+        v = np.array([r["features"].get(f, np.nan) for r in rows], dtype=np.float64)
+        if np.isfinite(v).mean() > 0.95 and np.nanstd(v) > 1e-9:
+            keep.append(f)
+    return keep
+
+
+def mixed_segments(rows: list[dict]) -> np.ndarray:
+    labels = defaultdict(set)
+    for r in rows:
+        labels[r["segment"]].add(r["label"])
+    return np.array([labels[r["segment"]] == {0, 1} for r in rows])
+
+
+def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, generated: Path | None = None) -> dict:
+    clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
+    rows = label_words(clips, cache)
+    side, groups = split(clips), groups_of(clips)
+    gen = generated_rows(clips, generated) if generated else []
+    gen_train = [r for r in gen if side[r["id"]] == "train"]
+    gen_val = [r for r in gen if side[r["id"]] == "val"]
+    train = [r for r in rows if side[r["id"]] == "train"] + gen_train
+    val = [r for r in rows if side[r["id"]] == "val"]
+    features = usable(train)
+    best, best_l2, best_shares, oof = -np.inf, L2_GRID[0], SHARES, None
+    real = np.array([r["kind"] != "generated" for r in train])
+    y_tr = np.array([r["label"] for r in train])
+    mixed_tr = mixed_segments(train) & real
+    for l2 in (3.0, 30.0, 300.0):
+        for m_share in (0.0, 0.2, 0.4):
+            for g_share in (0.0, 0.1, 0.3):
+                shares = {"mixed": m_share, "generated": g_share}
+                s = out_of_fold(model, train, features, groups, l2, shares=shares)
+                q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
+                        for m in (real, mixed_tr) if len(set(y_tr[m])) == 2)
+                if q > best:
+                    best, best_l2, best_shares, oof = q, l2, shares, s
+    cal = _fit(model, train, features, best_l2, best_shares)
+    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], FLAG_FPR), 1.0))
+    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], SUPPRESS_FPR), 1.0))
+    cal.thresholds = {"flag": min(max(flag_t, 0.0), 1.0), "suppress": min(max(sup_t, flag_t, 0.0), 1.0)}
+    y = np.array([r["label"] for r in val])
+    detectors = {"whisper-guard word score": cal.score([r["features"] for r in val]),
+                 "faster-whisper word probability (1 - p)": 1.0 - np.array([r["probability"] for r in val]),
+                 "segment score broadcast to words": np.array([r["segment_score"] for r in val])}
+    subsets = {"all": np.ones(len(val), bool), "mixed segments (grounded + invented words)": mixed_segments(val),
+               **{f"kind={k}": np.array([r["kind"] == k for r in val]) for k in sorted({r["kind"] for r in val})}}
+    table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
+             for name, m in subsets.items() if m.sum()}
+    if gen_val:
+        yg = np.array([r["label"] for r in gen_val])
+        table["generated verify cases: true text + invented sentence (validation clips)"] = {
+            "whisper-guard word score": evaluation.summary(yg, cal.score([r["features"] for r in gen_val])),
+            "faster-whisper word probability (1 - p)": evaluation.summary(yg, 1 - np.array([r["probability"] for r in gen_val])),
+            "segment score broadcast to words": evaluation.summary(yg, np.array([r["segment_score"] for r in gen_val]))}
+    score = detectors["whisper-guard word score"]
+    policy = {}
+    for action in ("flag", "suppress"):
+        hit = score >= cal.thresholds[action]
+        mixed = subsets["mixed segments (grounded + invented words)"]
+        policy[action] = {"threshold": cal.thresholds[action],
+                          "hallucinated_words_removed": float(hit[y == 1].mean()) if (y == 1).any() else None,
+                          "grounded_words_removed": float(hit[y == 0].mean()) if (y == 0).any() else None,
+                          "mixed_hallucinated_removed": float(hit[mixed & (y == 1)].mean()) if (mixed & (y == 1)).any() else None,
+                          "mixed_grounded_removed": float(hit[mixed & (y == 0)].mean()) if (mixed & (y == 0)).any() else None}
+    cal.meta = {"split": "guard.calibrate.split (as benchmarks/detection.py)", "l2": best_l2, "shares": best_shares,
+                "train_words": len(train), "val_words": len(val), "thresholds_from": "out-of-fold train scores",
+                "labels": "corpus rule at word level (benchmarks/word_scores.py)"}
+    coef = sorted(zip(cal.features, cal.coef), key=lambda t: -abs(t[1]))
+    result = {"model": model, "clips": len({r["id"] for r in rows}), "words": len(rows),
+              "generated_train_words": len(gen_train), "generated_val_words": len(gen_val),
+              "hallucinated_words": int(sum(r["label"] for r in rows)), "train_words": len(train),
+              "val_words": len(val), "l2": best_l2, "shares": best_shares, "features": features, "thresholds": cal.thresholds,
+              "table": table, "policy": policy, "top_coefficients": [[f, float(c)] for f, c in coef[:15]]}
+    if write_calibration:
+        path = ROOT / "guard" / "calibration" / f"words-{model}.json"
+        path.write_text(json.dumps(cal.to_json(), indent=1))
+        result["calibration_written"] = str(path.relative_to(ROOT))
+    return result
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Word-level hallucination scores: {r['model']}", "",
+             f"{r['clips']} DEV clips, {r['words']} labelled words ({r['hallucinated_words']} hallucinated); "
+             f"fit on {r['train_words']} train words, reported on {r['val_words']} validation words "
+             "(grouped split of benchmarks/detection.py). Thresholds from out-of-fold train scores. "
+             f"Training also holds {r.get('generated_train_words', 0)} words of generated verify cases (a train "
+             "clip's true transcript + an invented sentence); the validation clips' generated cases "
+             f"({r.get('generated_val_words', 0)} words) are reported on their own row.", "",
+             "| subset | detector | n | hallucinated | AUROC | TPR@1%FPR | TPR@5%FPR |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, dets in r["table"].items():
+        for d, s in dets.items():
+            lines.append(f"| {name} | {d} | {s['n']} | {s['hallucinated']} | {s['auroc']:.3f} | "
+                         f"{s['tpr_at_fpr_1pct']:.3f} | {s['tpr_at_fpr_5pct']:.3f} |")
+    lines += ["", "Word-level policy on validation (share of words whose verdict removes them):", "",
+              "| action | threshold | hallucinated removed | grounded removed | mixed: hallucinated | mixed: grounded |",
+              "|---|---:|---:|---:|---:|---:|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for a, p in r["policy"].items():
+        lines.append(f"| {a} | {p['threshold']:.3f} | {fmt(p['hallucinated_words_removed'])} | "
+                     f"{fmt(p['grounded_words_removed'])} | {fmt(p['mixed_hallucinated_removed'])} | "
+                     f"{fmt(p['mixed_grounded_removed'])} |")
+    lines += ["", "Largest coefficients: " + ", ".join(f"`{f}` {c:+.2f}" for f, c in r["top_coefficients"][:10]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "bench")
+    ap.add_argument("--model", default="tiny.en")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--extract-only", action="store_true")
+    ap.add_argument("--generate", type=int, default=0, help="also build N verify cases (true text + invented)")
+    ap.add_argument("--write-calibration", action="store_true")
+    args = ap.parse_args(argv)
+    cache = HERE / ".cache" / f"words-{args.model}.jsonl"
+    generated = HERE / ".cache" / f"words-generated-{args.model}.jsonl"
+    if args.generate:
+        generate(args.corpus, args.model, generated, args.generate)
+    if not args.extract_only or not args.generate:
+        extract(args.corpus, args.model, cache, args.limit)
+    if args.extract_only:
+        return 0
+    result = evaluate(args.model, args.corpus, cache, args.write_calibration, generated)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"words-score-{args.model}.json").write_text(json.dumps(result, indent=1, default=float))
+    md = markdown(result)
+    (RESULTS / f"words-score-{args.model}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

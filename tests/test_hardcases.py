@@ -1,0 +1,74 @@
+"""The hard-case generator (benchmarks/hardcases.py) on a small corpus built from the fixtures:
+deterministic, intervals inside the clip, one side of the split per clip, the labelling rule applies."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from conftest import MUSIC, ROOT, SFX, SPEECH, SPEECH_TEXT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import hardcases  # noqa: E402
+
+from guard.audio import decode_file  # noqa: E402
+from guard.calibrate import split  # noqa: E402
+from guard.labels import label_segments  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Twelve 'recordings' (copies of the fixtures under their own ids), in the DEV manifest format."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "audio").mkdir()
+    speech_len = len(decode_file(SPEECH, max_seconds=60)) / 16000
+    lines = []
+    for k in range(6):
+        shutil.copy(SPEECH, root / "audio" / f"s{k}.flac")
+        lines.append({"id": f"speech-{k}", "audio": f"audio/s{k}.flac", "kind": "speech", "lang": "en",
+                      "text": SPEECH_TEXT, "speech": [[0.05, round(speech_len - 0.05, 3)]], "category": "prompt"})
+    for k, (src, cat) in enumerate([(MUSIC, "music"), (SFX, "sfx"), (MUSIC, "near_silence"), (SFX, "noise"),
+                                    (MUSIC, "ambient"), (SFX, "music")] * 2):
+        shutil.copy(src, root / "audio" / f"n{k}.flac")
+        lines.append({"id": f"non-{k}", "audio": f"audio/n{k}.flac", "kind": "nonspeech", "lang": None, "text": "",
+                      "speech": [], "category": cat})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+@pytest.mark.parametrize("recipe", list(hardcases.RECIPES))
+def test_a_clip_is_deterministic_and_its_intervals_fit(corpus, recipe):
+    src = hardcases.Sources(corpus)
+    side = split(src.clips)
+    for k in range(2):
+        y1, e1 = hardcases.build(src, recipe, k)
+        y2, e2 = hardcases.build(hardcases.Sources(corpus), recipe, k)  # a fresh process would get the same
+        np.testing.assert_array_equal(y1, y2)
+        assert e1 == e2
+        duration = len(y1) / hardcases.SR
+        assert e1["speech"] and all(0 <= a < b <= duration + 1e-3 for a, b in e1["speech"])
+        assert e1["text"].startswith(SPEECH_TEXT)
+        assert np.isfinite(y1).all() and np.abs(y1).max() <= 1.0
+        used = {p["from"] for p in e1["parts"] if not p["from"].startswith("synthetic:")}
+        assert {side[cid] for cid in used} == {e1["side"]}  # no recording from the other side
+
+
+def test_generate_resumes_and_labels_apply(corpus, tmp_path):
+    out = tmp_path / "hc"
+    hardcases.generate(corpus, out, limit=1)
+    first = {c["id"]: c for c in hardcases.read(out)}
+    assert len(first) == len(hardcases.RECIPES)
+    stamp = {cid: (out / c["audio"]).stat().st_mtime_ns for cid, c in first.items()}
+    hardcases.generate(corpus, out, limit=1)  # nothing to redo
+    assert {cid: (out / c["audio"]).stat().st_mtime_ns for cid, c in first.items()} == stamp
+    clip = first["hc-speech-then-nonspeech-0000"]
+    a, b = clip["speech"][0]
+    rows = label_segments({clip["id"]: clip}, [
+        {"id": clip["id"], "start": a, "end": b, "text": SPEECH_TEXT},
+        {"id": clip["id"], "start": clip["duration"] - 1.0, "end": clip["duration"], "text": "Thanks for watching!"}])
+    labels = {r["text"]: r["label"] for r in rows}
+    assert labels[SPEECH_TEXT] == 0
+    if clip["duration"] - 1.0 > b + 1.0:  # the tail lies outside the widened interval
+        assert labels["Thanks for watching!"] == 1
