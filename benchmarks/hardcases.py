@@ -35,7 +35,7 @@ import numpy as np
 
 from guard.audio import decode_bytes, decode_file
 from guard.calibrate import split
-from guard.corpus import read_manifest
+from guard.corpus import read_manifest, bench_dir
 
 SEED = 20261201
 FEATURE_SET = "sig2"  # as benchmarks/detection.py: the signature's feature set the cache holds
@@ -510,7 +510,7 @@ def extract(out: Path, model: str, cache: Path | None, max_minutes: float | None
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=("generate", "extract", "summary"))
-    ap.add_argument("--corpus", type=Path, default=Path("../shared/bench"))
+    ap.add_argument("--corpus", type=Path, default=bench_dir())
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--limit", type=int, help="generate at most this many clips per recipe")
     ap.add_argument("--model", default="tiny.en")

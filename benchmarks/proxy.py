@@ -41,12 +41,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from guard.corpus import bench_dir
 from guard.audio import decode_file  # noqa: E402
 from guard.models import resolve  # noqa: E402
 from peers import free_port, peer_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-BENCH = Path(os.environ.get("WHISPER_GUARD_BENCH", ROOT.parent / "shared" / "bench"))
+BENCH = bench_dir()  # $WHISPER_GUARD_BENCH, else ../shared/bench
 FIXTURES = ROOT / "tests" / "fixtures"
 SR = 16000
 

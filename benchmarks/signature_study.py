@@ -33,7 +33,7 @@ import detection  # noqa: E402
 
 from guard import evaluation  # noqa: E402
 from guard.calibrate import FLAG_FPR, L2_GRID, groups_of, split, transform_for, usable_features  # noqa: E402
-from guard.corpus import read_manifest  # noqa: E402
+from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.score import TRANSFORMS, fit_logistic  # noqa: E402
 
 FOLDS = 5
@@ -209,7 +209,7 @@ def window_relative(rows: list[dict], names: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", type=Path, default=Path("../shared/bench"))
+    ap.add_argument("--corpus", type=Path, default=bench_dir())
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--hardcases", type=Path)

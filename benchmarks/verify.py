@@ -43,7 +43,7 @@ import verify_cases  # noqa: E402
 
 from guard import evaluation  # noqa: E402
 from guard.calibrate import groups_of, split, transform_for, usable_features  # noqa: E402
-from guard.corpus import read_manifest  # noqa: E402
+from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.score import TRANSFORMS, Calibration, fit_logistic  # noqa: E402
 from guard.verify_features import normalised_words  # noqa: E402
 
@@ -418,7 +418,7 @@ def plot(r: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", type=Path, default=Path("../shared/bench"))
+    ap.add_argument("--corpus", type=Path, default=bench_dir())
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--cache", type=Path, help="extraction cache (default benchmarks/.cache/verify-<model>.jsonl)")
     ap.add_argument("--max-clips", type=int, help="extract only the first N clips in hash order (a fair sample)")

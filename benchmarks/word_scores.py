@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from guard import evaluation  # noqa: E402
 from guard.calibrate import L2_GRID, groups_of, split, transform_for  # noqa: E402
-from guard.corpus import read_manifest  # noqa: E402
+from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
 from guard.score import Calibration, fit, fit_logistic  # noqa: E402
 from guard.words import add_relative, segment_context  # noqa: E402
@@ -185,12 +185,6 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float, shares: d
     cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2,
                                            weights=out * len(y))
     return cal
-    y = np.array([r["label"] for r in rows], dtype=np.float64)
-    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
-    w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
-    w = np.where(mixed, w * MIXED_WEIGHT / w[mixed].sum(), w * (1 - MIXED_WEIGHT) / w[~mixed].sum()) * len(y)
-    cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2, weights=w)
-    return cal
 
 
 def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
@@ -317,7 +311,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "bench")
+    ap.add_argument("--corpus", type=Path, default=bench_dir())
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--extract-only", action="store_true")

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from guard.audio import decode_file  # noqa: E402
 from guard.config import Settings  # noqa: E402
+from guard.corpus import bench_dir  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TOLERANCES = (0.02, 0.04, 0.1)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append")
     ap.add_argument("--clips", type=int, default=150)
-    ap.add_argument("--bench", type=Path, default=ROOT.parent / "shared" / "bench")
+    ap.add_argument("--bench", type=Path, default=bench_dir())
     args = ap.parse_args(argv)
     results = [run(m, args.bench, args.clips) for m in args.model or ["tiny.en"]]
     RESULTS.mkdir(parents=True, exist_ok=True)
