@@ -352,27 +352,28 @@ def write_predictions(model: str, val: list[dict], fitted) -> Path:
     return out
 
 
-def markdown(result: dict) -> str:
-    lines = [f"# Detection: {result['model']} (validation clips only)", "",
-             f"{result['guard_fit']['val_clips']} validation clips / {result['guard_fit']['val_segments']} segments "
-             f"(fit on {result['guard_fit']['train_clips']} train clips); corpus {result['clips']} clips, "
-             f"{result['segments']} segments, {result['hallucinated']} hallucinated.", ""]
-    for subset, dets in result["table"].items():
+def _strata_tables(table: dict) -> list[str]:
+    """One Markdown table per stratum: every detector's AUROC and TPR at 1% / 5% FPR."""
+    lines = []
+    for subset, dets in table.items():
         any_det = next(iter(dets.values()))
         lines += [f"## {subset} (n={any_det['n']}, hallucinated={any_det['hallucinated']})", "",
                   "| detector | AUROC | TPR @ 1% FPR | TPR @ 5% FPR |", "|---|---|---|---|"]
         for d, m in dets.items():
             lines.append(f"| {d} | {m['auroc']:.3f} | {m['tpr_at_fpr_1pct']:.3f} | {m['tpr_at_fpr_5pct']:.3f} |")
         lines.append("")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Detection: {result['model']} (validation clips only)", "",
+             f"{result['guard_fit']['val_clips']} validation clips / {result['guard_fit']['val_segments']} segments "
+             f"(fit on {result['guard_fit']['train_clips']} train clips); corpus {result['clips']} clips, "
+             f"{result['segments']} segments, {result['hallucinated']} hallucinated.", ""]
+    lines += _strata_tables(result["table"])
     if result.get("hardcase_table"):
         lines += ["# Hard-case clips, validation side (benchmarks/hardcases.py)", ""]
-        for subset, dets in result["hardcase_table"].items():
-            any_det = next(iter(dets.values()))
-            lines += [f"## {subset} (n={any_det['n']}, hallucinated={any_det['hallucinated']})", "",
-                      "| detector | AUROC | TPR @ 1% FPR | TPR @ 5% FPR |", "|---|---|---|---|"]
-            for d, m in dets.items():
-                lines.append(f"| {d} | {m['auroc']:.3f} | {m['tpr_at_fpr_1pct']:.3f} | {m['tpr_at_fpr_5pct']:.3f} |")
-            lines.append("")
+        lines += _strata_tables(result["hardcase_table"])
     sci = result["science"]
     lines += [f"## Science check: cross-attention spectra by decoder layer (validation; grounded n={sci['n_grounded']}, "
               f"hallucinated n={sci['n_hallucinated']}; in clips that hold speech {sci['n_grounded_holds_speech']} / "
