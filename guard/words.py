@@ -71,11 +71,14 @@ def plan(prompt: list[int], tokens: list[int], spans: list[tuple[int, int]], sot
     emitted = np.array(emitted, dtype=np.int64)
     base = len(prompt)
     predict = base - 1 + emitted
-    # The DTW rows are the rows whose query is the token `align` has there: the row before the first
-    # text token (`<|notimestamps|>` in `align`, the first timestamp here), then each text token's own
-    # row. Within a segment that is also the row predicting the next token; at a segment boundary it
-    # is the previous segment's last text token, not the timestamp tokens between them.
-    matrix_rows = np.concatenate([[predict[0]], base + emitted])
+    # The DTW rows are the rows that predict each text token (`align`'s row k predicts text token k),
+    # then the last text token's own row (in `align` the row predicting end of text). Within a segment
+    # the row predicting a token is also the previous token's own row, as in `align`. At a segment
+    # boundary the row predicting the next segment's first word is the start timestamp's row: it
+    # looks where that word begins, as `align`'s row does, while the previous text token's row here
+    # predicts the end timestamp and looks at the end of the speech before the pause (measured:
+    # benchmarks/words.py, 38 -> 32 of 638 tiny.en boundaries off by more than 40 ms).
+    matrix_rows = np.concatenate([predict, [base + emitted[-1]]])
     sot = prompt.index(sot_sequence[0]) if sot_sequence and sot_sequence[0] in prompt else 0
     sot_rows = np.arange(sot, min(sot + len(sot_sequence), int(matrix_rows[0])), dtype=np.int64)
     after = int(matrix_rows[-1]) + 1  # the end-of-text token's own row in `align`

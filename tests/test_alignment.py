@@ -146,3 +146,24 @@ def test_clamps_follow_faster_whisper():
 def test_default_alignment_heads_are_the_last_half_of_the_layers():
     heads = alignment.default_alignment_heads(4, 2)
     assert heads.tolist() == [[2, 0], [2, 1], [3, 0], [3, 1]]
+
+
+def test_plan_walks_the_rows_that_predict_each_text_token():
+    """The DTW rows are the rows predicting each text token, as in `align`; at a segment boundary
+    that is the start timestamp's row, not the previous segment's last text token (which here
+    predicts the end timestamp), then the last text token's own row (`align`: predicts end of text)."""
+    from guard.words import plan
+
+    eot, sot = 100, 99
+    t0, t1, t1b, t2 = 101, 120, 121, 140  # timestamp tokens (> eot)
+    a, b, c, d = 5, 6, 7, 8
+    tokens = [t0, a, b, t1, t1b, c, d, t2]
+    p = plan([sot], tokens, [(0, 4), (4, 8)], [sot], eot)
+    assert p.text_tokens == [a, b, c, d] and p.text_counts == [2, 2]
+    # input positions: 0 sot, 1 t0, 2 a, 3 b, 4 t1, 5 t1b, 6 c, 7 d, 8 t2
+    assert list(p.predict_rows) == [1, 2, 5, 6]
+    assert list(p.std_rows[p.matrix]) == [1, 2, 5, 6, 7]
+    assert list(p.std_rows) == [0, 1, 2, 5, 6, 7, 8]  # + start of transcript and the row after the last
+    # one segment: the rows are contiguous, exactly `align`'s (no timestamps between the tokens)
+    q = plan([sot], [t0, a, b, c, t1], [(0, 5)], [sot], eot)
+    assert list(q.std_rows[q.matrix]) == [1, 2, 3, 4]
