@@ -41,6 +41,9 @@ from guard.corpus import bench_dir, load, read_manifest
 from guard.labels import label_segments
 from guard.signature import normalise
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import families  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ANCHOR_DIR = HERE / ".cache" / "anchors"
@@ -51,7 +54,7 @@ BASELINE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compressio
 # features added in round 2 (issue 10): left out of the "signature v1" refit
 NEW_MARKERS = (".heads.", "participation_ratio", "encoder.output.", "window.")
 GUARD = "whisper-guard (signature v2, refit)"
-GUARD_NOENC = "whisper-guard (signature v2 without encoder geometry, refit)"
+GUARD_NOENC = "whisper-guard (signature v2 without encoder geometry, family by CV, refit)"
 BASELINE = "six-feature baseline (the bar)"
 
 
@@ -254,6 +257,9 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
     info: dict = {}
     rows = load_rows(cache, clips, info)
+    if model.endswith(".en"):  # an English-only model: its population is English speech and non-speech
+        rows = [r for r in rows if r["lang"] in ("en", None)]
+        info = {cid: i for cid, i in info.items() if clips[cid].get("lang") in ("en", None)}
     side = split(clips)
     groups = groups_of(clips)
     hc_rows: list[dict] = []
@@ -270,8 +276,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     all_features = sorted({k for r in rows for k in r["features"] if not k.startswith("baseline.")})
     v1_features = [f for f in all_features if not any(m in f for m in NEW_MARKERS)]
     guard_fit = fit_on_split(model, fit_rows, side, groups, all_features)
-    noenc_fit = fit_on_split(model, fit_rows, side, groups, [f for f in all_features
-                                                             if not f.startswith("encoder.output.")])
+    noenc_fit, _ = families.fit_family_on_split(model, fit_rows, side, groups,
+                                                [f for f in all_features if not f.startswith("encoder.output.")])
     shipped_fit = noenc_fit if ship == "no-encoder" else guard_fit
     v1_fit = fit_on_split(model, fit_rows, side, groups, v1_features)
     base_fit = fit_on_split(model, fit_rows, side, groups, BASELINE_FEATURES,
@@ -310,6 +316,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
         for k, v in i["timings"].items():
             timings[k] += v
     coef = sorted(zip(guard_fit.calibration.features, guard_fit.calibration.coef), key=lambda t: -abs(t[1]))
+    carried = carrying_features(shipped_fit.calibration, [r["features"] for r in val])
     result = {"model": model, "corpus": str(corpus), "clips": len(info), "segments": len(rows),
               "hallucinated": int(sum(r["label"] for r in rows)), "guard_fit": guard_fit.report,
               "v1_fit": v1_fit.report, "baseline_fit": base_fit.report,
@@ -319,7 +326,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
               "policy": policy, "baseline_policy": baseline_policy, "shipped_policy": shipped_policy,
               "ship_candidate": ship, "noenc_fit": noenc_fit.report, "science": science(model, val),
               "stage_seconds": dict(timings), "audio_seconds": audio,
-              "top_coefficients": [[f, float(c)] for f, c in coef[:25]]}
+              "top_coefficients": [[f, float(c)] for f, c in coef[:25]], "shipped_carrying_features": carried}
     result["roc"] = []
     for d, sc in detectors.items():
         fpr, tpr = roc_points(y, sc)
@@ -330,6 +337,16 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
         result["calibration_written"] = str(path)
     write_predictions(model, val, shipped_fit)
     return result
+
+
+def carrying_features(cal, rows: list[dict], top: int = 15) -> list[list]:
+    """Which features carry the score: mean |contribution| (logits) over the rows, largest first."""
+    from guard.score_trees import TreeCalibration
+
+    contrib = cal.contributions(rows)[0] if isinstance(cal, TreeCalibration) else cal.contributions(cal.design(rows))
+    share = np.abs(contrib).mean(axis=0)
+    order = np.argsort(-share)[:top]
+    return [[cal.features[j], float(share[j])] for j in order]
 
 
 def shipped_thresholds(model: str) -> dict[str, float]:
@@ -370,6 +387,12 @@ def markdown(result: dict) -> str:
              f"{result['guard_fit']['val_clips']} validation clips / {result['guard_fit']['val_segments']} segments "
              f"(fit on {result['guard_fit']['train_clips']} train clips); corpus {result['clips']} clips, "
              f"{result['segments']} segments, {result['hallucinated']} hallucinated.", ""]
+    if result["model"].endswith(".en"):
+        lines += ["English-only model: DEV's English clips and non-speech only (its other languages are out of "
+                  "scope for tiny.en, as in the held-out check).", ""]
+    fam = result["noenc_fit"]
+    lines += [f"Shipped candidate's model family: **{fam['family']}** ({fam['selection']}). CV quality on train: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in fam["cv_quality"].items()) + ".", ""]
     lines += _strata_tables(result["table"])
     if result.get("hardcase_table"):
         lines += ["# Hard-case clips, validation side (benchmarks/hardcases.py)", ""]
@@ -398,6 +421,9 @@ def markdown(result: dict) -> str:
     lines += ["", "## Largest coefficients of the refit signature (standardised features)", "",
               "| feature | coefficient |", "|---|---|"]
     lines += [f"| {f} | {c:+.3f} |" for f, c in result["top_coefficients"][:15]]
+    lines += ["", f"## What carries the shipped candidate's score ({result['noenc_fit']['family']}): mean |contribution| "
+              "on validation, logits", "", "| feature | mean abs. contribution |", "|---|---|"]
+    lines += [f"| {f} | {c:.3f} |" for f, c in result["shipped_carrying_features"]]
     lines.append("")
     lines += ["## Default policy (validation)", "", "| action | threshold | recall | false rate (grounded) | "
               "halluc. words removed | non-speech halluc. words removed | grounded words removed |",
