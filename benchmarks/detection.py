@@ -8,7 +8,9 @@
    ~/.cache/whisper-guard/bench/<model>-<FEATURE_SET>.jsonl, outside the repository so that it
    survives a fresh checkout on the same machine; $WHISPER_GUARD_BENCH_CACHE moves it);
 2. label segments with the corpus rule; split clips into train/validation (guard.calibrate.split);
-3. fit the guard's score (current signature, and the first signature's features for comparison),
+3. fit the guard's score (current signature, and the first signature's features for comparison;
+   the shipped candidate's model family, logistic or LightGBM trees, by grouped CV on train:
+   benchmarks/families.py; every threshold from train out-of-fold scores, never validation),
    the six-feature baseline (the bar: avg_logprob, no_speech_prob, compression_ratio, Silero
    speech share under the segment (0 past the end of the audio), log(1 + duration), word count)
    and a "confidence-only" model the same way on train (optionally adding the hard-case clips'
@@ -17,7 +19,8 @@
    (avg_logprob, no_speech_prob, compression ratio, faster-whisper's skip rule, Silero VAD speech
    share, whisper-guard 0.3.3, Bag of Hallucinations, confidence-only), by kind/category, on the
    stress mixtures and on windows that hold both real speech and hallucination; the default policy's
-   suppression numbers;
+   suppression numbers; for multilingual models, leave one language out (es/fr/it/nl);
+   English-only models (tiny.en) are fitted and reported on DEV's English and non-speech clips;
 5. write benchmarks/results/detection-<model>.{json,md,png} and validation predictions in the
    corpus scorer's format (benchmarks/results/raw/predictions-<model>.jsonl), then run the corpus'
    own score.py on them as a cross-check.
@@ -306,6 +309,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
                     for c in sorted({r["category"] for r in hc_val})}}
         result_hc = {name: {d: evaluation.summary(yh[m], s[m]) for d, s in hdet.items()}
                      for name, m in masks.items() if m.sum() > 0}
+    lolo = None if model.endswith(".en") else leave_one_language_out(
+        model, rows, side, groups, [f for f in all_features if not f.startswith("encoder.output.")])
     policy = policy_numbers(val, shipped_fit.val_scores, shipped_fit.calibration.thresholds)
     shipped_policy = policy_numbers(val, np.array([r["score"] for r in val]), shipped_thresholds(model))
     baseline_policy = policy_numbers(val, base_fit.val_scores, base_fit.calibration.thresholds)
@@ -326,7 +331,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
               "policy": policy, "baseline_policy": baseline_policy, "shipped_policy": shipped_policy,
               "ship_candidate": ship, "noenc_fit": noenc_fit.report, "science": science(model, val),
               "stage_seconds": dict(timings), "audio_seconds": audio,
-              "top_coefficients": [[f, float(c)] for f, c in coef[:25]], "shipped_carrying_features": carried}
+              "top_coefficients": [[f, float(c)] for f, c in coef[:25]], "shipped_carrying_features": carried,
+              "leave_one_language_out": lolo}
     result["roc"] = []
     for d, sc in detectors.items():
         fpr, tpr = roc_points(y, sc)
@@ -347,6 +353,44 @@ def carrying_features(cal, rows: list[dict], top: int = 15) -> list[list]:
     share = np.abs(contrib).mean(axis=0)
     order = np.argsort(-share)[:top]
     return [[cal.features[j], float(share[j])] for j in order]
+
+
+LOLO_LANGS = ("es", "fr", "it", "nl")
+
+
+def leave_one_language_out(model: str, rows: list[dict], side: dict[str, str], groups: dict[str, str],
+                           features: list[str]) -> dict:
+    """Issue 10 item 5 (multilingual models): fit on the train side without language L (English, the other
+    three, non-speech), then test on every clip of L (it never trained) plus the validation non-speech
+    clips. The left-out language's grounded segments flagged at the fit's default threshold (from its
+    own train out-of-fold scores), and AUROC."""
+    out = {}
+    lang_by_id = {r["id"]: r["lang"] for r in rows}
+    for lang in LOLO_LANGS:
+        held = {r["id"] for r in rows if r["lang"] == lang}
+        if not held:
+            continue
+        lside = {}
+        for cid, s in side.items():
+            if cid in held or (s == "val" and cid in lang_by_id and lang_by_id[cid] is None):
+                lside[cid] = "val"
+            else:
+                lside[cid] = "train" if s == "train" and lang_by_id.get(cid) != lang else "out"
+        fitted = fit_on_split(model, rows, lside, groups, features)
+        test = [r for r in rows if lside[r["id"]] == "val"]
+        y = np.array([r["label"] for r in test])
+        s = fitted.val_scores
+        in_lang = np.array([r["lang"] == lang for r in test])
+        flag = fitted.calibration.thresholds["flag"]
+        g = in_lang & (y == 0)
+        out[lang] = {"clips": len(held), "segments": int(in_lang.sum()), "grounded": int(g.sum()),
+                     "hallucinated_in_language": int((in_lang & (y == 1)).sum()),
+                     "nonspeech_segments": int((~in_lang).sum()),
+                     "grounded_flagged": int((s[g] >= flag).sum()),
+                     "grounded_flagged_rate": float((s[g] >= flag).mean()) if g.any() else float("nan"),
+                     "auroc": evaluation.auroc(y, s), "auroc_in_language": evaluation.auroc(y[in_lang], s[in_lang])
+                     if len(set(y[in_lang])) == 2 else float("nan"), "threshold": flag}
+    return out
 
 
 def shipped_thresholds(model: str) -> dict[str, float]:
@@ -394,6 +438,18 @@ def markdown(result: dict) -> str:
     lines += [f"Shipped candidate's model family: **{fam['family']}** ({fam['selection']}). CV quality on train: "
               + ", ".join(f"{k} {v:.4f}" for k, v in fam["cv_quality"].items()) + ".", ""]
     lines += _strata_tables(result["table"])
+    if result.get("leave_one_language_out"):
+        lines += ["## Leave one language out (logistic, signature without encoder geometry)", "",
+                  "Fit on the train side without the language (English, the other three, non-speech); tested on every "
+                  "clip of the language plus the validation non-speech clips; threshold from the fit's own train "
+                  "out-of-fold scores.", "",
+                  "| left out | clips | segments (grounded / hallucinated) | grounded flagged at the default | "
+                  "AUROC (with non-speech) | AUROC within the language |", "|---|---|---|---|---|---|"]
+        for lang, m in result["leave_one_language_out"].items():
+            lines.append(f"| {lang} | {m['clips']} | {m['segments']} ({m['grounded']} / {m['hallucinated_in_language']}) | "
+                         f"{m['grounded_flagged']}/{m['grounded']} ({m['grounded_flagged_rate']:.1%}) | {m['auroc']:.3f} | "
+                         f"{m['auroc_in_language']:.3f} |")
+        lines.append("")
     if result.get("hardcase_table"):
         lines += ["# Hard-case clips, validation side (benchmarks/hardcases.py)", ""]
         lines += _strata_tables(result["hardcase_table"])
