@@ -260,7 +260,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
     val = [r for r in rows if side[r["id"]] == "val"]
     features = usable(train)
     # chosen on out-of-fold train scores of all three populations: real words, real mixed segments,
-    # generated verify cases (an invented sentence after the true text, the verify-tail case)
+    # generated verify cases (an invented sentence after the true text, the verify-tail case), and
+    # on the share of invented train words word-level suppress removes at its threshold
     best, best_l2, best_shares, oof = -np.inf, L2_GRID[0], SHARES, None
     real = np.array([r["kind"] != "generated" for r in train])
     y_tr = np.array([r["label"] for r in train])
@@ -272,6 +273,10 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
                 s = out_of_fold(model, train, features, groups, l2, shares=shares)
                 q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
                         for m in (real, mixed_tr, ~real) if len(set(y_tr[m])) == 2)
+                # and what word-level suppress keeps of it: the invented words it removes (real and
+                # generated) at its own threshold (the confidence rule below, on these scores)
+                t = confident_threshold(s[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE)
+                q += sum(float((s[m & (y_tr == 1)] >= t).mean()) for m in (real, ~real) if (m & (y_tr == 1)).any())
                 if q > best:
                     best, best_l2, best_shares, oof = q, l2, shares, s
     cal = _fit(model, train, features, best_l2, best_shares)
