@@ -9,8 +9,9 @@
    is hallucinated when its normalised words are `ins` or `far`, or when it lies outside every
    speech interval widened by 1 s; words that normalise to nothing are not labelled;
 3. split clips exactly as the detection benchmark does (guard.calibrate.split / groups_of);
-4. fit a logistic word score on train (L2 by grouped CV on train; thresholds from out-of-fold train
-   scores: flag at 1% of grounded train words, suppress at 0.5%), report on validation beside two
+4. fit a logistic word score on train (L2 and weight shares by grouped CV on train; thresholds from
+   out-of-fold train scores: flag at 1% of grounded train words, suppress where the 95% upper bound
+   of the share of grounded train words removed is <= 1%), report on validation beside two
    anchors: faster-whisper's word probability (as 1 - p) and the segment score broadcast to its
    words; AUROC and TPR at 1% FPR, overall and on the mixed case (segments holding both grounded
    and invented words); what word-level suppress removes;
