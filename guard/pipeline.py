@@ -19,7 +19,7 @@ from importlib import resources
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
 
-from guard import blas
+from guard import blas, memory
 from guard import alignment, words as wording
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
@@ -386,6 +386,8 @@ class Guard:
             if not return_features:
                 for s in scored:
                     s.features = None
+        del ctx  # the window's probe outputs: freed, then handed back to the OS (guard.memory)
+        memory.release()
         return scored, limits
 
     # ------------------------------------------------------------ words
