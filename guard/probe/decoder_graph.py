@@ -37,8 +37,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from guard.errors import ModelError
 from guard.probe.ct2_reader import ModelBin
@@ -47,6 +45,21 @@ OPSET = 17
 EPS = 1e-5
 N_FRAMES = 1500  # encoder frames of a 30 s window (every Whisper model)
 VOCAB_CHUNK = 32  # rows per vocabulary-statistics chunk (see `_vocab_statistics`)
+
+
+# onnx is imported on the first build, not with this module: the runner needs only the names
+# below, and a start that maps a cached graph never builds one (onnx + protobuf + ml_dtypes cost
+# ~0.1 s of CPU and ~15 MB a start).
+onnx = TensorProto = helper = numpy_helper = None
+
+
+def _import_onnx() -> None:
+    global onnx, TensorProto, helper, numpy_helper
+    if onnx is None:
+        import onnx as _onnx
+        from onnx import numpy_helper as _numpy_helper
+
+        onnx, TensorProto, helper, numpy_helper = _onnx, _onnx.TensorProto, _onnx.helper, _numpy_helper
 
 
 def pattern_name(layer: int) -> str:
@@ -99,6 +112,7 @@ def _rows_float32(w: ModelBin, key: str, index: np.ndarray) -> np.ndarray:
 
 def _external(name: str, value: np.ndarray) -> onnx.TensorProto:
     """An initializer whose data ONNX Runtime receives by reference (`add_external_initializers`)."""
+    _import_onnx()
     t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape,
                          data_location=onnx.TensorProto.EXTERNAL)
     for key, val in (("location", "guard-probe-weights"), ("offset", "0"), ("length", str(value.nbytes))):
@@ -115,6 +129,7 @@ class DecoderGraph:
 
     def self_contained(self) -> onnx.ModelProto:
         """A copy of the model with every weight embedded (for export and inspection)."""
+        _import_onnx()
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         embedded = [t for t in model.graph.initializer if t.name not in self.initializers]
@@ -126,6 +141,7 @@ class DecoderGraph:
 
 class _Builder:
     def __init__(self, weights: ModelBin):
+        _import_onnx()
         self.w = weights
         self.nodes: list[onnx.NodeProto] = []
         self.small: list[onnx.TensorProto] = []  # constants embedded in the proto
