@@ -394,7 +394,8 @@ class Guard:
                 for s in scored:
                     s.features = None
         del ctx  # the window's probe outputs: freed, then handed back to the OS (guard.memory)
-        memory.release()
+        if self.settings.release_memory:
+            memory.release()
         return scored, limits
 
     # ------------------------------------------------------------ words

@@ -196,7 +196,7 @@ def _vocab_statistics(b: _Builder, picked: str, targets: str, proj: str, bias: s
     chunk outputs) and the padding is cut off after the loop.
     """
     chunk = b.const("c.vocab_chunk", np.array([VOCAB_CHUNK], np.int64))
-    zero1, one = "c.zero1", "c.one"
+    zero1, one = "c.zero1", "c.one"  # [0] and [1], made by `build` before this
     n_rows = b.op("Shape", [picked], start=0, end=1)  # [1] = R
     n_chunks = b.op("Div", [b.op("Add", [n_rows, b.const("c.vocab_chunk_m1", np.array([VOCAB_CHUNK - 1], np.int64))]),
                             chunk])

@@ -92,6 +92,7 @@ def _write_json(path: Path, value: dict) -> None:
 def _write(graph: decoder_graph.DecoderGraph, directory: Path, key: str) -> None:
     """probe.onnx (weights by reference into probe.weights) + probe.weights + meta.json."""
     import onnx
+
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     h = hashlib.sha256()
