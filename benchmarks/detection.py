@@ -8,7 +8,9 @@
    ~/.cache/whisper-guard/bench/<model>-<FEATURE_SET>.jsonl, outside the repository so that it
    survives a fresh checkout on the same machine; $WHISPER_GUARD_BENCH_CACHE moves it);
 2. label segments with the corpus rule; split clips into train/validation (guard.calibrate.split);
-3. fit the guard's score (current signature, and the first signature's features for comparison),
+3. fit the guard's score (current signature, and the first signature's features for comparison;
+   the shipped candidate's model family, logistic or LightGBM trees, by grouped CV on train:
+   benchmarks/families.py; every threshold from train out-of-fold scores, never validation),
    the six-feature baseline (the bar: avg_logprob, no_speech_prob, compression_ratio, Silero
    speech share under the segment (0 past the end of the audio), log(1 + duration), word count)
    and a "confidence-only" model the same way on train (optionally adding the hard-case clips'
@@ -17,7 +19,8 @@
    (avg_logprob, no_speech_prob, compression ratio, faster-whisper's skip rule, Silero VAD speech
    share, whisper-guard 0.3.3, Bag of Hallucinations, confidence-only), by kind/category, on the
    stress mixtures and on windows that hold both real speech and hallucination; the default policy's
-   suppression numbers;
+   suppression numbers; for multilingual models, leave one language out (es/fr/it/nl);
+   English-only models (tiny.en) are fitted and reported on DEV's English and non-speech clips;
 5. write benchmarks/results/detection-<model>.{json,md,png} and validation predictions in the
    corpus scorer's format (benchmarks/results/raw/predictions-<model>.jsonl), then run the corpus'
    own score.py on them as a cross-check.
@@ -41,6 +44,9 @@ from guard.corpus import bench_dir, load, read_manifest
 from guard.labels import label_segments
 from guard.signature import normalise
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import families  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ANCHOR_DIR = HERE / ".cache" / "anchors"
@@ -51,7 +57,7 @@ BASELINE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compressio
 # features added in round 2 (issue 10): left out of the "signature v1" refit
 NEW_MARKERS = (".heads.", "participation_ratio", "encoder.output.", "window.")
 GUARD = "whisper-guard (signature v2, refit)"
-GUARD_NOENC = "whisper-guard (signature v2 without encoder geometry, refit)"
+GUARD_NOENC = "whisper-guard (signature v2 without encoder geometry, family by CV, refit)"
 BASELINE = "six-feature baseline (the bar)"
 
 
@@ -254,6 +260,9 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
     info: dict = {}
     rows = load_rows(cache, clips, info)
+    if model.endswith(".en"):  # an English-only model: its population is English speech and non-speech
+        rows = [r for r in rows if r["lang"] in ("en", None)]
+        info = {cid: i for cid, i in info.items() if clips[cid].get("lang") in ("en", None)}
     side = split(clips)
     groups = groups_of(clips)
     hc_rows: list[dict] = []
@@ -270,8 +279,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     all_features = sorted({k for r in rows for k in r["features"] if not k.startswith("baseline.")})
     v1_features = [f for f in all_features if not any(m in f for m in NEW_MARKERS)]
     guard_fit = fit_on_split(model, fit_rows, side, groups, all_features)
-    noenc_fit = fit_on_split(model, fit_rows, side, groups, [f for f in all_features
-                                                             if not f.startswith("encoder.output.")])
+    noenc_fit, _ = families.fit_family_on_split(model, fit_rows, side, groups,
+                                                [f for f in all_features if not f.startswith("encoder.output.")])
     shipped_fit = noenc_fit if ship == "no-encoder" else guard_fit
     v1_fit = fit_on_split(model, fit_rows, side, groups, v1_features)
     base_fit = fit_on_split(model, fit_rows, side, groups, BASELINE_FEATURES,
@@ -300,6 +309,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
                     for c in sorted({r["category"] for r in hc_val})}}
         result_hc = {name: {d: evaluation.summary(yh[m], s[m]) for d, s in hdet.items()}
                      for name, m in masks.items() if m.sum() > 0}
+    lolo = None if model.endswith(".en") else leave_one_language_out(
+        model, rows, side, groups, [f for f in all_features if not f.startswith("encoder.output.")])
     policy = policy_numbers(val, shipped_fit.val_scores, shipped_fit.calibration.thresholds)
     shipped_policy = policy_numbers(val, np.array([r["score"] for r in val]), shipped_thresholds(model))
     baseline_policy = policy_numbers(val, base_fit.val_scores, base_fit.calibration.thresholds)
@@ -310,6 +321,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
         for k, v in i["timings"].items():
             timings[k] += v
     coef = sorted(zip(guard_fit.calibration.features, guard_fit.calibration.coef), key=lambda t: -abs(t[1]))
+    carried = carrying_features(shipped_fit.calibration, [r["features"] for r in val])
     result = {"model": model, "corpus": str(corpus), "clips": len(info), "segments": len(rows),
               "hallucinated": int(sum(r["label"] for r in rows)), "guard_fit": guard_fit.report,
               "v1_fit": v1_fit.report, "baseline_fit": base_fit.report,
@@ -319,7 +331,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
               "policy": policy, "baseline_policy": baseline_policy, "shipped_policy": shipped_policy,
               "ship_candidate": ship, "noenc_fit": noenc_fit.report, "science": science(model, val),
               "stage_seconds": dict(timings), "audio_seconds": audio,
-              "top_coefficients": [[f, float(c)] for f, c in coef[:25]]}
+              "top_coefficients": [[f, float(c)] for f, c in coef[:25]], "shipped_carrying_features": carried,
+              "leave_one_language_out": lolo}
     result["roc"] = []
     for d, sc in detectors.items():
         fpr, tpr = roc_points(y, sc)
@@ -330,6 +343,54 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
         result["calibration_written"] = str(path)
     write_predictions(model, val, shipped_fit)
     return result
+
+
+def carrying_features(cal, rows: list[dict], top: int = 15) -> list[list]:
+    """Which features carry the score: mean |contribution| (logits) over the rows, largest first."""
+    from guard.score_trees import TreeCalibration
+
+    contrib = cal.contributions(rows)[0] if isinstance(cal, TreeCalibration) else cal.contributions(cal.design(rows))
+    share = np.abs(contrib).mean(axis=0)
+    order = np.argsort(-share)[:top]
+    return [[cal.features[j], float(share[j])] for j in order]
+
+
+LOLO_LANGS = ("es", "fr", "it", "nl")
+
+
+def leave_one_language_out(model: str, rows: list[dict], side: dict[str, str], groups: dict[str, str],
+                           features: list[str]) -> dict:
+    """Issue 10 item 5 (multilingual models): fit on the train side without language L (English, the other
+    three, non-speech), then test on every clip of L (it never trained) plus the validation non-speech
+    clips. The left-out language's grounded segments flagged at the fit's default threshold (from its
+    own train out-of-fold scores), and AUROC."""
+    out = {}
+    lang_by_id = {r["id"]: r["lang"] for r in rows}
+    for lang in LOLO_LANGS:
+        held = {r["id"] for r in rows if r["lang"] == lang}
+        if not held:
+            continue
+        lside = {}
+        for cid, s in side.items():
+            if cid in held or (s == "val" and cid in lang_by_id and lang_by_id[cid] is None):
+                lside[cid] = "val"
+            else:
+                lside[cid] = "train" if s == "train" and lang_by_id.get(cid) != lang else "out"
+        fitted = fit_on_split(model, rows, lside, groups, features)
+        test = [r for r in rows if lside[r["id"]] == "val"]
+        y = np.array([r["label"] for r in test])
+        s = fitted.val_scores
+        in_lang = np.array([r["lang"] == lang for r in test])
+        flag = fitted.calibration.thresholds["flag"]
+        g = in_lang & (y == 0)
+        out[lang] = {"clips": len(held), "segments": int(in_lang.sum()), "grounded": int(g.sum()),
+                     "hallucinated_in_language": int((in_lang & (y == 1)).sum()),
+                     "nonspeech_segments": int((~in_lang).sum()),
+                     "grounded_flagged": int((s[g] >= flag).sum()),
+                     "grounded_flagged_rate": float((s[g] >= flag).mean()) if g.any() else float("nan"),
+                     "auroc": evaluation.auroc(y, s), "auroc_in_language": evaluation.auroc(y[in_lang], s[in_lang])
+                     if len(set(y[in_lang])) == 2 else float("nan"), "threshold": flag}
+    return out
 
 
 def shipped_thresholds(model: str) -> dict[str, float]:
@@ -370,7 +431,25 @@ def markdown(result: dict) -> str:
              f"{result['guard_fit']['val_clips']} validation clips / {result['guard_fit']['val_segments']} segments "
              f"(fit on {result['guard_fit']['train_clips']} train clips); corpus {result['clips']} clips, "
              f"{result['segments']} segments, {result['hallucinated']} hallucinated.", ""]
+    if result["model"].endswith(".en"):
+        lines += ["English-only model: DEV's English clips and non-speech only (its other languages are out of "
+                  "scope for tiny.en, as in the held-out check).", ""]
+    fam = result["noenc_fit"]
+    lines += [f"Shipped candidate's model family: **{fam['family']}** ({fam['selection']}). CV quality on train: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in fam["cv_quality"].items()) + ".", ""]
     lines += _strata_tables(result["table"])
+    if result.get("leave_one_language_out"):
+        lines += ["## Leave one language out (logistic, signature without encoder geometry)", "",
+                  "Fit on the train side without the language (English, the other three, non-speech); tested on every "
+                  "clip of the language plus the validation non-speech clips; threshold from the fit's own train "
+                  "out-of-fold scores.", "",
+                  "| left out | clips | segments (grounded / hallucinated) | grounded flagged at the default | "
+                  "AUROC (with non-speech) | AUROC within the language |", "|---|---|---|---|---|---|"]
+        for lang, m in result["leave_one_language_out"].items():
+            lines.append(f"| {lang} | {m['clips']} | {m['segments']} ({m['grounded']} / {m['hallucinated_in_language']}) | "
+                         f"{m['grounded_flagged']}/{m['grounded']} ({m['grounded_flagged_rate']:.1%}) | {m['auroc']:.3f} | "
+                         f"{m['auroc_in_language']:.3f} |")
+        lines.append("")
     if result.get("hardcase_table"):
         lines += ["# Hard-case clips, validation side (benchmarks/hardcases.py)", ""]
         lines += _strata_tables(result["hardcase_table"])
@@ -398,6 +477,9 @@ def markdown(result: dict) -> str:
     lines += ["", "## Largest coefficients of the refit signature (standardised features)", "",
               "| feature | coefficient |", "|---|---|"]
     lines += [f"| {f} | {c:+.3f} |" for f, c in result["top_coefficients"][:15]]
+    lines += ["", f"## What carries the shipped candidate's score ({result['noenc_fit']['family']}): mean |contribution| "
+              "on validation, logits", "", "| feature | mean abs. contribution |", "|---|---|"]
+    lines += [f"| {f} | {c:.3f} |" for f, c in result["shipped_carrying_features"]]
     lines.append("")
     lines += ["## Default policy (validation)", "", "| action | threshold | recall | false rate (grounded) | "
               "halluc. words removed | non-speech halluc. words removed | grounded words removed |",

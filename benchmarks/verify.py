@@ -51,8 +51,12 @@ FOLDS = 5
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # grouped CV on train picks; both ends were chosen on some sample
 FLAG_FPR = 0.01  # train out-of-fold: at most 1% of true transcripts flagged overall...
 FLAG_FPR_ONE_WORD = 0.02  # ...and at most 2% of one-word ones (the issue's limits)
-SUPPRESS_FPR = 0.005
-SUPPRESS_FPR_ONE_WORD = 0.01
+# Suppress = flag for Verify. A stricter suppress rate cannot be estimated here: the train side holds
+# ~150 true transcripts' clips (each in five styles), so 0.5% is less than one clip and the rule
+# reduced to "above the highest true score seen", set by a single clip (tiny.en: "millionth", 0.998,
+# which left "Thanks for watching!" on music at 0.96 only flagged behind the verifying proxy).
+SUPPRESS_FPR = FLAG_FPR
+SUPPRESS_FPR_ONE_WORD = FLAG_FPR_ONE_WORD
 
 
 # ---------------------------------------------------------------- extraction

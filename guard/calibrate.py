@@ -1,5 +1,5 @@
 """Fit the attractor-regime score on a labelled corpus: split by clip, fit on train, choose thresholds
-and report on validation.
+on train out-of-fold scores, and report on validation.
 
 The split keeps every mixture on the same side as the standalone speech clip it was built from
 (so a prompt heard in training is never "unseen" in validation), is stratified by kind/category,
@@ -22,7 +22,7 @@ VAL_SHARE = 0.4
 CONFIDENCE_FEATURES = ["conf.avg_logprob", "conf.no_speech_prob", "conf.compression_ratio", "vad.segment_share",
                        "seg.duration"]
 L2_GRID = (3.0, 10.0, 30.0, 100.0, 300.0)
-FLAG_FPR = 0.01  # default flag threshold: at most 1% of grounded validation segments flagged
+FLAG_FPR = 0.01  # default flag threshold: at most 1% of grounded train segments flagged (out of fold)
 SUPPRESS_FPR = 0.005  # suppression is stricter
 
 
@@ -103,47 +103,72 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float, transform
                {f: transform_for(f) for f in features} if transforms is None else transforms, l2=l2)
 
 
-def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[str, str], folds: int = 5,
-              transforms: dict[str, str] | None = None) -> float:
-    """Grouped k-fold on the train side: the L2 strength with the best AUROC + mean TPR at 1% and 5% FPR."""
+def _folds(rows: list[dict], groups: dict[str, str], folds: int) -> np.ndarray:
     fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
-    fold = np.array([fold_of[groups[r["id"]]] for r in rows])
+    return np.array([fold_of[groups[r["id"]]] for r in rows])
+
+
+def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
+                folds: int = 5, transforms: dict[str, str] | None = None) -> np.ndarray:
+    """Grouped k-fold probabilities on `rows`: each row scored by a fit that never saw its group."""
+    fold = _folds(rows, groups, folds)
+    scores = np.full(len(rows), np.nan)
+    for k in range(folds):
+        train = [r for r, f in zip(rows, fold) if f != k]
+        idx = np.flatnonzero(fold == k)
+        if len({r["label"] for r in train}) < 2 or not len(idx):
+            continue
+        scores[idx] = _fit(model, train, features, l2, transforms).score([rows[i]["features"] for i in idx])
+    return scores
+
+
+def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[str, str], folds: int = 5,
+              transforms: dict[str, str] | None = None) -> tuple[float, np.ndarray]:
+    """Grouped k-fold on the train side: the L2 strength with the best AUROC + mean TPR at 1% and 5% FPR,
+    and that strength's out-of-fold scores."""
     y = np.array([r["label"] for r in rows])
-    best, best_l2 = -np.inf, L2_GRID[0]
+    best, best_l2, best_oof = -np.inf, L2_GRID[0], np.zeros(len(rows))
     for l2 in L2_GRID:
-        scores = np.zeros(len(rows))
-        for k in range(folds):
-            train = [r for r, f in zip(rows, fold) if f != k]
-            if len({r["label"] for r in train}) < 2:
-                continue
-            cal = _fit(model, train, features, l2, transforms)
-            idx = np.flatnonzero(fold == k)
-            scores[idx] = cal.logits([rows[i]["features"] for i in idx])
-        quality = evaluation.auroc(y, scores) + (evaluation.tpr_at_fpr(y, scores, 0.01) +
-                                                  evaluation.tpr_at_fpr(y, scores, 0.05)) / 2
+        scores = out_of_fold(model, rows, features, groups, l2, folds, transforms)
+        ok = np.isfinite(scores)
+        quality = evaluation.auroc(y[ok], scores[ok]) + (evaluation.tpr_at_fpr(y[ok], scores[ok], 0.01) +
+                                                          evaluation.tpr_at_fpr(y[ok], scores[ok], 0.05)) / 2
         if quality > best:
-            best, best_l2 = quality, l2
-    return best_l2
+            best, best_l2, best_oof = quality, l2, scores
+    return best_l2, best_oof
+
+
+def thresholds_from(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Flag where FLAG_FPR of the grounded rows score above, suppress where SUPPRESS_FPR do (never
+    below flag). Called with train out-of-fold scores: validation never sets a threshold."""
+    ok = np.isfinite(scores)
+    y, scores = y[ok], scores[ok]
+    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y, scores, FLAG_FPR), 1.0))
+    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y, scores, SUPPRESS_FPR), 1.0))
+    flag_t = min(max(flag_t, 0.0), 1.0)
+    return {"flag": flag_t, "suppress": min(max(sup_t, flag_t), 1.0)}
 
 
 def fit_on_split(model: str, rows: list[dict], side: dict[str, str], groups: dict[str, str],
                  features: list[str], transforms: dict[str, str] | None = None) -> Fitted:
-    """Fit on train rows, pick thresholds on validation rows, report validation metrics.
+    """Fit on train rows, pick thresholds on train out-of-fold scores, report validation metrics.
 
     `transforms` (feature -> name in guard.score.TRANSFORMS) replaces `transform_for`."""
     train = [r for r in rows if side[r["id"]] == "train"]
     val = [r for r in rows if side[r["id"]] == "val"]
     features = usable_features(train, features)
-    l2 = choose_l2(model, train, features, groups, transforms=transforms)
+    l2, oof = choose_l2(model, train, features, groups, transforms=transforms)
     cal = _fit(model, train, features, l2, transforms)
+    y_train = np.array([r["label"] for r in train])
+    cal.thresholds = thresholds_from(y_train, oof)
     y_val = np.array([r["label"] for r in val])
     p_val = cal.score([r["features"] for r in val])
-    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_val, p_val, FLAG_FPR), 1.0))
-    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_val, p_val, SUPPRESS_FPR), 1.0))
-    cal.thresholds = {"flag": min(max(flag_t, 0.0), 1.0), "suppress": min(max(sup_t, flag_t, 0.0), 1.0)}
     report = {"l2": l2, "n_features": len(features), "train_segments": len(train), "val_segments": len(val),
               "train_clips": len({r["id"] for r in train}), "val_clips": len({r["id"] for r in val}),
-              "val": evaluation.summary(y_val, p_val), "thresholds": cal.thresholds}
+              "train_oof": evaluation.summary(y_train[np.isfinite(oof)], oof[np.isfinite(oof)]),
+              "val": evaluation.summary(y_val, p_val), "thresholds": cal.thresholds,
+              "threshold_rule": f"train out-of-fold: <= {FLAG_FPR:.1%} of grounded segments flagged "
+                                f"(suppress {SUPPRESS_FPR:.1%})"}
     cal.meta = {"split": {"seed": SEED, "val_share": VAL_SHARE, "grouping": "mixtures with their speech clips",
                           "stratified_by": "kind/category"}, "fit": report}
     return Fitted(cal, p_val, report)

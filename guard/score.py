@@ -13,11 +13,15 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from guard.errors import ModelError
 from guard.results import Reason
+
+if TYPE_CHECKING:
+    from guard.score_trees import TreeCalibration
 
 TRANSFORMS = {
     "identity": lambda x: x,
@@ -93,8 +97,9 @@ class Calibration:
                    {k: float(v) for k, v in d["thresholds"].items()}, d.get("meta", {}), quadratic)
 
 
-def load(model: str, path: Path | None = None) -> Calibration:
-    """The calibration for `model`: a given file, or the one shipped in the package."""
+def load(model: str, path: Path | None = None) -> "Calibration | TreeCalibration":
+    """The calibration for `model`: a given file, or the one shipped in the package (a logistic
+    calibration, or gradient-boosted trees: guard.score_trees)."""
     try:
         if path is not None:
             data = json.loads(Path(path).read_text())
@@ -105,6 +110,10 @@ def load(model: str, path: Path | None = None) -> Calibration:
                          "and pass --calibration") from None
     except (OSError, ValueError) as e:
         raise ModelError(f"calibration for {model!r} is unreadable: {e}") from None
+    if isinstance(data, dict) and data.get("kind") == "trees":
+        from guard.score_trees import TreeCalibration
+
+        return TreeCalibration.from_json(data)
     return Calibration.from_json(data)
 
 

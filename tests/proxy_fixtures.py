@@ -14,13 +14,11 @@ from guard.transports.http.proxy import proxy_mode
 from guard.transports.http.server import HttpServer
 
 
-# The shipped Verify calibration (guard/calibration/verify-tiny.en.json, i10ver) flags at ~0.76 but
-# suppresses only at ~0.998; tiny.en's invented "Thanks for watching!" on the music fixture scores
-# ~0.96 there: flagged, not suppressed, at the default. The suppress tests therefore suppress at the
-# calibration's own flag threshold (read from the file, never a number pinned here).
-VERIFY_FLAG = json.loads((Path(__file__).resolve().parents[1] / "guard" / "calibration" / "verify-tiny.en.json")
-                         .read_text())["thresholds"]["flag"]
-SUPPRESS = {"guard_policy": "suppress", "guard_suppress_threshold": str(VERIFY_FLAG)}
+# The suppress tests use the shipped Verify calibration's own thresholds (no override): what a user
+# who sends guard_policy=suppress gets. Its thresholds are read here only to check the premise.
+VERIFY_THRESHOLDS = json.loads((Path(__file__).resolve().parents[1] / "guard" / "calibration" /
+                                "verify-tiny.en.json").read_text())["thresholds"]
+SUPPRESS = {"guard_policy": "suppress"}
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ import math
 import pytest
 from conftest import MUSIC, SFX, SPEECH, SPEECH_TEXT
 from prometheus_client import CollectorRegistry
-from proxy_fixtures import VERIFY_FLAG
 from upstream_stubs import answer_json, stub_upstream, verbose
 from whisper_normalizer.english import EnglishTextNormalizer
 
@@ -19,7 +18,7 @@ from guard.upstream import UpstreamAudio, UpstreamBadResponse, UpstreamClient, U
 from guard.upstream_metrics import UpstreamMetrics
 
 norm = EnglishTextNormalizer()
-SUPPRESS = RequestOptions(policy=PolicyMode.suppress, suppress_threshold=VERIFY_FLAG)  # see proxy_fixtures
+SUPPRESS = RequestOptions(policy=PolicyMode.suppress)  # the shipped Verify thresholds (see proxy_fixtures)
 
 
 def run(guard, proxy: VerifyingProxy, path, load_audio, options=SUPPRESS):

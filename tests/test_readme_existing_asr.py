@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import MUSIC, SPEECH, SPEECH_TEXT
 from grpc_fixtures import running_server
-from proxy_fixtures import VERIFY_FLAG, running_proxy
+from proxy_fixtures import VERIFY_THRESHOLDS, running_proxy
 from whisper_normalizer.english import EnglishTextNormalizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,5 +60,5 @@ def test_way_2_grpc_verify(guard, peer, tmp_path):
     from guard.grpc_gen import guard_pb2 as pb
 
     rows = [line.split(" ", 2) for line in out.splitlines()]
-    assert rows and all(int(v) == pb.VERDICT_FLAG and float(score) >= VERIFY_FLAG for v, score, _ in rows), out
+    assert rows and all(int(v) == pb.VERDICT_FLAG and float(score) >= VERIFY_THRESHOLDS["flag"] for v, score, _ in rows), out
     assert "watching" in out.lower(), "the upstream's invented 'Thanks for watching!' on music, flagged"
