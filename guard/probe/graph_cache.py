@@ -25,8 +25,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from guard.hash_cache import sha256_file
 from guard.probe import ct2_reader, decoder_graph
 
@@ -44,10 +42,12 @@ class CachedGraph:
 
 
 def graph_key(model_sha: str) -> str:
+    from importlib.metadata import version  # onnx itself is imported only to build (see decoder_graph)
+
     import onnxruntime as ort
 
     source = Path(decoder_graph.__file__).read_bytes()
-    parts = [model_sha, str(GRAPH_FORMAT), hashlib.sha256(source).hexdigest(), onnx.__version__, ort.__version__]
+    parts = [model_sha, str(GRAPH_FORMAT), hashlib.sha256(source).hexdigest(), version("onnx"), ort.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -91,6 +91,8 @@ def _write_json(path: Path, value: dict) -> None:
 
 def _write(graph: decoder_graph.DecoderGraph, directory: Path, key: str) -> None:
     """probe.onnx (weights by reference into probe.weights) + probe.weights + meta.json."""
+    import onnx
+
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     h = hashlib.sha256()
