@@ -3,8 +3,6 @@ chunks (same values whatever the number of rows), and a start maps the cached gr
 from __future__ import annotations
 
 import platform
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -65,11 +63,3 @@ def test_vocabulary_statistics_do_not_depend_on_the_chunking(guard, load_audio):
             np.testing.assert_allclose(part[name], full[name][-size:], rtol=1e-6, atol=1e-6, err_msg=f"{name} {size}")
         np.testing.assert_array_equal(part[LOGIT_OUTPUTS[1]], full[LOGIT_OUTPUTS[1]][-size:])
         assert part[LOGIT_OUTPUTS[0]].shape == (size,)
-
-
-def test_a_start_imports_neither_onnx_nor_the_verify_normaliser():
-    code = ("import sys; from guard import cli; import guard.pipeline; "
-            "print(sorted(m for m in ('onnx', 'ml_dtypes', 'guard.verify_features', 'whisper_normalizer') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

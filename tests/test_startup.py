@@ -8,12 +8,22 @@ import sys
 from guard import cli
 
 
+def loaded_after(code: str, test: str) -> str:
+    """Run `code` in a fresh interpreter, then print the sorted modules for which `test` (an
+    expression in m) holds."""
+    script = f"import sys; {code}; print(sorted(m for m in sys.modules if {test}))"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_transcribe_start_does_not_import_the_grpc_stack():
-    code = ("import sys; from guard import cli; p = cli.build_parser(cli._needs_full_parser(['transcribe', 'x.wav'])); "
-            "p.parse_args(['transcribe', 'x.wav']); "
-            "print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith(('guard.server', 'guard.service'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    code = ("from guard import cli; p = cli.build_parser(cli._needs_full_parser(['transcribe', 'x.wav'])); "
+            "p.parse_args(['transcribe', 'x.wav'])")
+    assert loaded_after(code, "m == 'grpc' or m.startswith(('guard.server', 'guard.service'))") == "[]"
+
+
+def test_a_start_imports_neither_onnx_nor_the_verify_normaliser():
+    code = "from guard import cli; import guard.pipeline"
+    assert loaded_after(code, "m in ('onnx', 'ml_dtypes', 'guard.verify_features', 'whisper_normalizer')") == "[]"
 
 
 def test_serve_and_help_still_get_the_full_parser():
