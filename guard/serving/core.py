@@ -118,6 +118,11 @@ class Serving:
         self._ready(guard)
 
     def _ready(self, guard) -> None:
+        # A server answers Verify: its text normaliser (which reads its own data files) loads with
+        # the model, so that no request opens a file (tests/test_security.py). The CLI's `transcribe`
+        # never imports it (tests/test_startup.py).
+        from guard import verify_features  # noqa: F401
+
         self.guard = guard
         if self.metrics:
             from importlib import metadata
