@@ -15,7 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from guard import evaluation  # noqa: E402
-from guard.calibrate import Fitted, _folds, choose_l2, thresholds_from, usable_features, _fit  # noqa: E402
+from guard.calibrate import Fitted, group_folds, choose_l2, thresholds_from, usable_features, _fit  # noqa: E402
 from guard.score_trees import from_lightgbm  # noqa: E402
 
 FOLDS = 5
@@ -58,7 +58,7 @@ def _booster(x: np.ndarray, y: np.ndarray, params: dict):
 
 def trees_oof(rows: list[dict], features: list[str], groups: dict[str, str], params: dict) -> np.ndarray:
     x, y = raw_matrix(rows, features), np.array([r["label"] for r in rows])
-    fold = _folds(rows, groups, FOLDS)
+    fold = group_folds(rows, groups, FOLDS)
     out = np.full(len(rows), np.nan)
     for k in range(FOLDS):
         tr, te = fold != k, fold == k

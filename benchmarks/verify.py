@@ -42,7 +42,7 @@ ROOT = HERE.parent
 import verify_cases  # noqa: E402
 
 from guard import evaluation  # noqa: E402
-from guard.calibrate import groups_of, split, transform_for, usable_features  # noqa: E402
+from guard.calibrate import group_folds, groups_of, split, transform_for, usable_features  # noqa: E402
 from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.score import TRANSFORMS, Calibration, fit_logistic  # noqa: E402
 from guard.verify_features import normalised_words  # noqa: E402
@@ -204,8 +204,7 @@ def score_matrix(cal: Calibration, x: np.ndarray) -> np.ndarray:
 def out_of_fold(model: str, rows: list[dict], x: np.ndarray, features: list[str], l2: float,
                 groups: dict[str, str]) -> np.ndarray:
     """Grouped k-fold scores (probabilities) on the train side."""
-    fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % FOLDS for g in set(groups.values())}
-    fold = np.array([fold_of[groups[r["id"]]] for r in rows])
+    fold = group_folds(rows, groups, FOLDS)
     y = np.array([r["label"] for r in rows])
     scores = np.zeros(len(rows))
     for k in range(FOLDS):

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from guard import evaluation  # noqa: E402
-from guard.calibrate import L2_GRID, groups_of, split, transform_for  # noqa: E402
+from guard.calibrate import L2_GRID, groups_of, split, transform_for, usable_features  # noqa: E402
 from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
 from guard.score import Calibration, fit, fit_logistic  # noqa: E402
@@ -234,13 +234,7 @@ def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[
 
 
 def usable(rows: list[dict]) -> list[str]:
-    names = sorted({k for r in rows for k in r["features"]})
-    keep = []
-    for f in names:
-        v = np.array([r["features"].get(f, np.nan) for r in rows], dtype=np.float64)
-        if np.isfinite(v).mean() > 0.95 and np.nanstd(v) > 1e-9:
-            keep.append(f)
-    return keep
+    return usable_features(rows, sorted({k for r in rows for k in r["features"]}))
 
 
 def mixed_segments(rows: list[dict]) -> np.ndarray:

@@ -103,7 +103,7 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float, transform
                {f: transform_for(f) for f in features} if transforms is None else transforms, l2=l2)
 
 
-def _folds(rows: list[dict], groups: dict[str, str], folds: int) -> np.ndarray:
+def group_folds(rows: list[dict], groups: dict[str, str], folds: int) -> np.ndarray:
     fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
     return np.array([fold_of[groups[r["id"]]] for r in rows])
 
@@ -111,7 +111,7 @@ def _folds(rows: list[dict], groups: dict[str, str], folds: int) -> np.ndarray:
 def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
                 folds: int = 5, transforms: dict[str, str] | None = None) -> np.ndarray:
     """Grouped k-fold probabilities on `rows`: each row scored by a fit that never saw its group."""
-    fold = _folds(rows, groups, folds)
+    fold = group_folds(rows, groups, folds)
     scores = np.full(len(rows), np.nan)
     for k in range(folds):
         train = [r for r, f in zip(rows, fold) if f != k]
