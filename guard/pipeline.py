@@ -347,12 +347,16 @@ class Guard:
         return rows_features
 
     def _score_segments(self, bundle: Bundle, window: Window, ctx: WindowContext, spans: list[tuple[int, int]],
-                        policy: Policy, return_features: bool, timings: dict[str, float]) -> list[ScoredSegment]:
-        """Signature and detection score of a window's own (transcribed) segments."""
+                        policy: Policy, return_features: bool, timings: dict[str, float], *,
+                        keep_features: bool = False) -> list[ScoredSegment]:
+        """Signature and detection score of a window's own (transcribed) segments. `keep_features`:
+        keep each segment's features on it without the request asking for them (the word stage
+        reads them), and without the encoder geometry that only `return_features` pays for."""
         rows_features = self._segment_features(
             bundle, window, ctx, spans, timings,
             geometry=return_features or bundle.calibration.uses("encoder.output."))
-        return self._score(bundle.calibration, window, rows_features, policy, return_features, timings)
+        return self._score(bundle.calibration, window, rows_features, policy, return_features or keep_features,
+                           timings)
 
     @staticmethod
     def _score(calibration: scoring.Calibration, window: Window, rows_features: list[dict[str, float]],
@@ -386,7 +390,8 @@ class Guard:
                 n_fed -= 1
             read = np.union1d(read, np.minimum(plan.std_rows, n_fed - 1))
         ctx, _ = self._probe(bundle, window, extra, timings, read_rows=read)
-        scored = self._score_segments(bundle, window, ctx, spans, policy, return_features or plan is not None, timings)
+        scored = self._score_segments(bundle, window, ctx, spans, policy, return_features, timings,
+                                      keep_features=plan is not None)
         limits = None
         if plan is not None:
             limits = self._words(bundle, window, ctx, plan, scored, policy, return_features, timings)
