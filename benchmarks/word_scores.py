@@ -60,8 +60,15 @@ def extract(corpus: Path, model: str, cache: Path, limit: int | None = None) -> 
 
     guard = Guard(Settings(model=model, max_concurrent=1))
     for _ in runner.run(guard, corpus / "manifest.jsonl", cache, limit=limit, progress=True,
-                        options=RequestOptions(return_features=True, word_timestamps=True)):
+                        options=RequestOptions(return_features=True, word_timestamps=True),
+                        only=lambda c: in_population(model, c)):
         pass
+
+
+def in_population(model: str, clip: dict) -> bool:
+    """An English-only model (tiny.en) is fitted and reported on English speech and non-speech, as in
+    benchmarks/detection.py; a multilingual one on every clip."""
+    return not model.endswith(".en") or clip.get("lang") in ("en", None)
 
 
 # ---------------------------------------------------------------- generated mixed segments
@@ -126,7 +133,7 @@ def generated_rows(clips: dict[str, dict], cache: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- labels
-def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
+def label_words(model: str, clips: dict[str, dict], cache: Path) -> list[dict]:
     """One row per labelled word: features, label, the anchors, clip/segment identity."""
     rows = []
     for line in cache.read_text(encoding="utf-8").splitlines():
@@ -134,6 +141,8 @@ def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
             continue
         rec = json.loads(line)
         clip = clips[rec["id"]]
+        if not in_population(model, clip):
+            continue
         lang = clip.get("lang")
         items = []  # (segment index, word dict, its normalised pieces)
         for si, seg in enumerate(sorted(rec["segments"], key=lambda s: (s["start"], s["end"]))):
@@ -166,6 +175,7 @@ def label_words(clips: dict[str, dict], cache: Path) -> list[dict]:
 # segment), words of generated verify cases, and the rest. Chosen on out-of-fold train scores
 # (`choose_shares`), never on validation.
 SHARES = {"mixed": 0.3, "generated": 0.1}
+ANCHOR = "seg.score"
 
 
 def binomial_upper(k: int, n: int, confidence: float) -> float:
@@ -215,8 +225,11 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float, shares: d
             out[m] = w[m] * shares[name] / w[m].sum()
             total_share += shares[name]
     out[rest] = w[rest] * (1 - total_share) / max(w[rest].sum(), 1e-12)
+    # anchored: the segment score (itself a regularised calibration fitted on far more segments)
+    # is not shrunk, so the word features fit corrections around it instead of replacing it
+    free = np.array([f == ANCHOR for f in cal.features]) if shares.get("anchored") else None
     cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2,
-                                           weights=out * len(y))
+                                           weights=out * len(y), unpenalised=free)
     return cal
 
 
@@ -246,7 +259,7 @@ def mixed_segments(rows: list[dict]) -> np.ndarray:
 
 def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, generated: Path | None = None) -> dict:
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
-    rows = label_words(clips, cache)
+    rows = label_words(model, clips, cache)
     side, groups = split(clips), groups_of(clips)
     gen = generated_rows(clips, generated) if generated else []
     gen_train = [r for r in gen if side[r["id"]] == "train"]
@@ -261,19 +274,22 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
     real = np.array([r["kind"] != "generated" for r in train])
     y_tr = np.array([r["label"] for r in train])
     mixed_tr = mixed_segments(train) & real
-    for l2 in (3.0, 30.0, 300.0):
-        for m_share in (0.0, 0.2, 0.4):
-            for g_share in (0.0, 0.1, 0.3):
-                shares = {"mixed": m_share, "generated": g_share}
-                s = out_of_fold(model, train, features, groups, l2, shares=shares)
-                q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
-                        for m in (real, mixed_tr, ~real) if len(set(y_tr[m])) == 2)
-                # and what word-level suppress keeps of it: the invented words it removes (real and
-                # generated) at its own threshold (the confidence rule below, on these scores)
-                t = confident_threshold(s[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE)
-                q += sum(float((s[m & (y_tr == 1)] >= t).mean()) for m in (real, ~real) if (m & (y_tr == 1)).any())
-                if q > best:
-                    best, best_l2, best_shares, oof = q, l2, shares, s
+    grid = [(l2, m_share, g_share, anchored) for l2 in (3.0, 30.0, 300.0) for m_share in (0.0, 0.2, 0.4)
+            for g_share in (0.0, 0.1, 0.3) for anchored in (False, True)]
+    for l2, m_share, g_share, anchored in grid:
+        shares = {"mixed": m_share, "generated": g_share, "anchored": anchored}
+        s = out_of_fold(model, train, features, groups, l2, shares=shares)
+        q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
+                for m in (real, mixed_tr, ~real) if len(set(y_tr[m])) == 2)
+        # and what word-level suppress does at its own threshold (the confidence rule below, on these
+        # scores): the invented words it removes (real and generated), less the true words of
+        # generated verify cases it removes (their threshold is set on real words only)
+        t = confident_threshold(s[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE)
+        q += sum(float((s[m & (y_tr == 1)] >= t).mean()) for m in (real, ~real) if (m & (y_tr == 1)).any())
+        if (~real & (y_tr == 0)).any():
+            q -= float((s[~real & (y_tr == 0)] >= t).mean())
+        if q > best:
+            best, best_l2, best_shares, oof = q, l2, shares, s
     cal = _fit(model, train, features, best_l2, best_shares)
     flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], FLAG_FPR), 1.0))
     sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], SUPPRESS_FPR), 1.0))

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from guard.audio import decode_file
@@ -68,9 +68,11 @@ def done_ids(out: Path) -> set[str]:
 
 
 def run(guard: Guard, manifest: Path, out: Path, *, options: RequestOptions, max_seconds: float = 3600,
-        limit: int | None = None, progress: bool | None = None) -> Iterator[dict]:
-    """Transcribe every clip not yet in `out`, appending one line per clip; yields those lines."""
-    clips = read_manifest(manifest)
+        limit: int | None = None, progress: bool | None = None,
+        only: Callable[[dict], bool] | None = None) -> Iterator[dict]:
+    """Transcribe every clip not yet in `out` (of those `only` keeps), appending one line per clip;
+    yields those lines."""
+    clips = [c for c in read_manifest(manifest) if only is None or only(c)]
     clips.sort(key=lambda c: hashlib.sha256(c["id"].encode()).hexdigest())  # any prefix is a fair sample
     if limit:
         clips = clips[:limit]

@@ -126,14 +126,17 @@ def neutral(model: str) -> Calibration:
 
 # ---------------------------------------------------------------- fitting
 def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float = 1.0, weights: np.ndarray | None = None,
-                 iters: int = 100) -> tuple[np.ndarray, float]:
-    """L2-penalised logistic regression by Newton's method (IRLS); the intercept is not penalised."""
+                 iters: int = 100, unpenalised: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """L2-penalised logistic regression by Newton's method (IRLS); the intercept is not penalised,
+    nor are the columns marked in `unpenalised` (a boolean mask over z's columns)."""
     n, k = z.shape
     w = np.ones(n) if weights is None else weights
     x = np.hstack([z, np.ones((n, 1))])
     beta = np.zeros(k + 1)
     penalty = np.full(k + 1, l2)
     penalty[-1] = 0.0
+    if unpenalised is not None:
+        penalty[:-1][np.asarray(unpenalised, dtype=bool)] = 0.0
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -30, 30)))
         grad = x.T @ (w * (p - y)) + penalty * beta

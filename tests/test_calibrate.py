@@ -78,6 +78,20 @@ def test_logistic_fit_recovers_known_coefficients():
     assert intercept == pytest.approx(-0.5, abs=0.08)
 
 
+def test_an_unpenalised_column_keeps_its_unshrunk_coefficient():
+    """The word score's anchor (the segment score) is left out of the L2 penalty: under a penalty
+    that shrinks every other column to ~0 it keeps the coefficient an unpenalised fit gives it."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(5000, 3))
+    y = (rng.random(5000) < 1 / (1 + np.exp(-(z @ np.array([1.5, 1.0, -1.0]))))).astype(float)
+    free = np.array([True, False, False])
+    coef, _ = fit_logistic(z, y, l2=1e6, unpenalised=free)
+    alone, _ = fit_logistic(z[:, :1], y, l2=1e-9)
+    assert np.abs(coef[1:]).max() < 0.01
+    assert coef[0] == pytest.approx(alone[0], rel=0.01)
+    shrunk, _ = fit_logistic(z, y, l2=1e6)
+    assert abs(shrunk[0]) < 0.01  # without the mask the same penalty shrinks it too
+
 def test_calibration_round_trips_and_explains_scores():
     rng = np.random.default_rng(0)
     rows = [{"a": float(x), "b": float(abs(y)) + 0.1} for x, y in rng.normal(size=(400, 2))]
