@@ -15,7 +15,9 @@
    anchors: faster-whisper's word probability (as 1 - p) and the segment score broadcast to its
    words; AUROC and TPR at 1% FPR, overall and on the mixed case (segments holding both grounded
    and invented words); what word-level suppress removes;
-5. write benchmarks/results/words-score-<model>.{json,md} (+ guard/calibration/words-<model>.json).
+5. write benchmarks/results/words-score-<model>.{json,md} (+ guard/calibration/words-<model>.json for
+   transcribed words, fitted on real words only, and words-verify-<model>.json for the words of a
+   verified transcript, fitted on real words plus the generated verify cases).
 """
 from __future__ import annotations
 
@@ -257,44 +259,112 @@ def mixed_segments(rows: list[dict]) -> np.ndarray:
     return np.array([labels[r["segment"]] == {0, 1} for r in rows])
 
 
+def paired_auroc_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, clip_ids: list[str], rounds: int = 1000,
+                     seed: int = 0) -> dict:
+    """AUROC(a) - AUROC(b) on the same words, with a 95% interval from a bootstrap over clips (words
+    of one clip are not independent)."""
+    ids = np.array(clip_ids)
+    uniq = np.unique(ids)
+    members = [np.flatnonzero(ids == u) for u in uniq]
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(rounds):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+        if len(set(y[idx])) == 2:
+            gaps.append(evaluation.auroc(y[idx], a[idx]) - evaluation.auroc(y[idx], b[idx]))
+    lo, hi = (np.percentile(gaps, [2.5, 97.5]) if gaps else (np.nan, np.nan))
+    return {"gap": evaluation.auroc(y, a) - evaluation.auroc(y, b), "ci95": [float(lo), float(hi)],
+            "clips": len(uniq), "rounds": len(gaps)}
+
+
+def choose(model: str, train: list[dict], features: list[str], groups: dict[str, str], *, generated: bool
+           ) -> tuple[float, dict, np.ndarray]:
+    """L2 and weight shares by grouped out-of-fold scores on train: AUROC + TPR at 1% FPR on real
+    words, on real mixed segments and (`generated`) on generated verify cases, plus the invented
+    words word-level suppress removes at its own threshold (the confidence rule below), less the
+    true words of generated cases it removes. Returns (l2, shares, out-of-fold scores)."""
+    best, choice = -np.inf, None
+    real = np.array([r["kind"] != "generated" for r in train])
+    y_tr = np.array([r["label"] for r in train])
+    mixed_tr = mixed_segments(train) & real
+    grid = [(l2, m_share, g_share, anchored) for l2 in (3.0, 30.0, 300.0) for m_share in (0.0, 0.2, 0.4)
+            for g_share in ((0.0, 0.1, 0.3) if generated else (0.0,)) for anchored in (False, True)]
+    for l2, m_share, g_share, anchored in grid:
+        shares = {"mixed": m_share, "generated": g_share, "anchored": anchored}
+        s = out_of_fold(model, train, features, groups, l2, shares=shares)
+        q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
+                for m in (real, mixed_tr, ~real) if m.any() and len(set(y_tr[m])) == 2)
+        t = confident_threshold(s[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE)
+        q += sum(float((s[m & (y_tr == 1)] >= t).mean()) for m in (real, ~real) if (m & (y_tr == 1)).any())
+        if (~real & (y_tr == 0)).any():
+            q -= float((s[~real & (y_tr == 0)] >= t).mean())
+        if q > best:
+            best, choice = q, (l2, shares, s)
+    return choice
+
+
+def fit_calibration(model: str, name: str, train: list[dict], features: list[str], groups: dict[str, str], *,
+                    generated: bool) -> tuple[Calibration, np.ndarray]:
+    """The chosen fit on all of train, its thresholds from out-of-fold train scores of real words:
+    flag at 1% of grounded words, suppress at the confidence rule. Returns (calibration, oof)."""
+    l2, shares, oof = choose(model, train, features, groups, generated=generated)
+    real = np.array([r["kind"] != "generated" for r in train])
+    y_tr = np.array([r["label"] for r in train])
+    cal = _fit(model, train, features, l2, shares)
+    cal.model = name
+    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], FLAG_FPR), 1.0))
+    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], SUPPRESS_FPR), 1.0))
+    sup_t = max(sup_t, confident_threshold(oof[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE))
+    cal.thresholds = {"flag": min(max(flag_t, 0.0), 1.0), "suppress": min(max(sup_t, flag_t, 0.0), 1.0)}
+    cal.meta = {"split": "guard.calibrate.split (as benchmarks/detection.py)", "l2": l2, "shares": shares,
+                "train_words": len(train), "generated_train_words": int((~real).sum()),
+                "thresholds_from": "out-of-fold train scores of real words",
+                "labels": "corpus rule at word level (benchmarks/word_scores.py)"}
+    return cal, oof
+
+
+def policy_rates(cal: Calibration, val: list[dict], score: np.ndarray, mixed: np.ndarray, oof: np.ndarray,
+                 train: list[dict], gen_val: list[dict], gen_score: np.ndarray | None) -> dict:
+    y = np.array([r["label"] for r in val])
+    real = np.array([r["kind"] != "generated" for r in train])
+    y_tr = np.array([r["label"] for r in train])
+    share = lambda hit, m: float(hit[m].mean()) if m.any() else None  # noqa: E731
+    out = {}
+    for action in ("flag", "suppress"):
+        hit = score >= cal.thresholds[action]
+        oof_hit = oof[real] >= cal.thresholds[action]
+        out[action] = {"threshold": cal.thresholds[action],
+                       "train_oof_hallucinated_removed": share(oof_hit, y_tr[real] == 1),
+                       "train_oof_grounded_removed": share(oof_hit, y_tr[real] == 0),
+                       "hallucinated_words_removed": share(hit, y == 1), "grounded_words_removed": share(hit, y == 0),
+                       "grounded_removed_count": [int(hit[y == 0].sum()), int((y == 0).sum())],
+                       "mixed_hallucinated_removed": share(hit, mixed & (y == 1)),
+                       "mixed_grounded_removed": share(hit, mixed & (y == 0))}
+        if gen_val and gen_score is not None:
+            yg = np.array([r["label"] for r in gen_val])
+            g_hit = gen_score >= cal.thresholds[action]
+            out[action]["generated_hallucinated_removed"] = share(g_hit, yg == 1)
+            out[action]["generated_grounded_removed"] = share(g_hit, yg == 0)
+    return out
+
+
 def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, generated: Path | None = None) -> dict:
+    """Two word calibrations: `words-<model>` for transcribed words (fitted on real DEV words only) and
+    `words-verify-<model>` for the words of a verified transcript (real words plus generated verify
+    cases: there the segment score says little about which words were invented)."""
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
     rows = label_words(model, clips, cache)
     side, groups = split(clips), groups_of(clips)
     gen = generated_rows(clips, generated) if generated else []
     gen_train = [r for r in gen if side[r["id"]] == "train"]
     gen_val = [r for r in gen if side[r["id"]] == "val"]
-    train = [r for r in rows if side[r["id"]] == "train"] + gen_train
+    real_train = [r for r in rows if side[r["id"]] == "train"]
     val = [r for r in rows if side[r["id"]] == "val"]
-    features = usable(train)
-    # chosen on out-of-fold train scores of all three populations: real words, real mixed segments,
-    # generated verify cases (an invented sentence after the true text, the verify-tail case), and
-    # on the share of invented train words word-level suppress removes at its threshold
-    best, best_l2, best_shares, oof = -np.inf, L2_GRID[0], SHARES, None
-    real = np.array([r["kind"] != "generated" for r in train])
-    y_tr = np.array([r["label"] for r in train])
-    mixed_tr = mixed_segments(train) & real
-    grid = [(l2, m_share, g_share, anchored) for l2 in (3.0, 30.0, 300.0) for m_share in (0.0, 0.2, 0.4)
-            for g_share in (0.0, 0.1, 0.3) for anchored in (False, True)]
-    for l2, m_share, g_share, anchored in grid:
-        shares = {"mixed": m_share, "generated": g_share, "anchored": anchored}
-        s = out_of_fold(model, train, features, groups, l2, shares=shares)
-        q = sum(evaluation.auroc(y_tr[m], s[m]) + evaluation.tpr_at_fpr(y_tr[m], s[m], 0.01)
-                for m in (real, mixed_tr, ~real) if len(set(y_tr[m])) == 2)
-        # and what word-level suppress does at its own threshold (the confidence rule below, on these
-        # scores): the invented words it removes (real and generated), less the true words of
-        # generated verify cases it removes (their threshold is set on real words only)
-        t = confident_threshold(s[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE)
-        q += sum(float((s[m & (y_tr == 1)] >= t).mean()) for m in (real, ~real) if (m & (y_tr == 1)).any())
-        if (~real & (y_tr == 0)).any():
-            q -= float((s[~real & (y_tr == 0)] >= t).mean())
-        if q > best:
-            best, best_l2, best_shares, oof = q, l2, shares, s
-    cal = _fit(model, train, features, best_l2, best_shares)
-    flag_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], FLAG_FPR), 1.0))
-    sup_t = float(np.nextafter(evaluation.threshold_at_fpr(y_tr[real], oof[real], SUPPRESS_FPR), 1.0))
-    sup_t = max(sup_t, confident_threshold(oof[real & (y_tr == 0)], SUPPRESS_LIMIT, SUPPRESS_CONFIDENCE))
-    cal.thresholds = {"flag": min(max(flag_t, 0.0), 1.0), "suppress": min(max(sup_t, flag_t, 0.0), 1.0)}
+    features = usable(real_train + gen_train)
+    cal, oof = fit_calibration(model, f"words-{model}", real_train, features, groups, generated=False)
+    verify_train = real_train + gen_train
+    vcal, voof = fit_calibration(model, f"words-verify-{model}", verify_train, features, groups, generated=True) \
+        if gen_train else (None, None)
     y = np.array([r["label"] for r in val])
     detectors = {"whisper-guard word score": cal.score([r["features"] for r in val]),
                  "faster-whisper word probability (1 - p)": 1.0 - np.array([r["probability"] for r in val]),
@@ -303,42 +373,42 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
                **{f"kind={k}": np.array([r["kind"] == k for r in val]) for k in sorted({r["kind"] for r in val})}}
     table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
              for name, m in subsets.items() if m.sum()}
-    if gen_val:
+    gen_score = None
+    if gen_val and vcal is not None:
         yg = np.array([r["label"] for r in gen_val])
+        gen_score = vcal.score([r["features"] for r in gen_val])
         table["generated verify cases: true text + invented sentence (validation clips)"] = {
-            "whisper-guard word score": evaluation.summary(yg, cal.score([r["features"] for r in gen_val])),
+            "whisper-guard word score (verify word calibration)": evaluation.summary(yg, gen_score),
+            "whisper-guard word score (transcribe word calibration)": evaluation.summary(
+                yg, cal.score([r["features"] for r in gen_val])),
             "faster-whisper word probability (1 - p)": evaluation.summary(yg, 1 - np.array([r["probability"] for r in gen_val])),
             "segment score broadcast to words": evaluation.summary(yg, np.array([r["segment_score"] for r in gen_val]))}
     score = detectors["whisper-guard word score"]
-    policy = {}
-    for action in ("flag", "suppress"):
-        hit = score >= cal.thresholds[action]
-        mixed = subsets["mixed segments (grounded + invented words)"]
-        oof_hit = oof[real] >= cal.thresholds[action]
-        policy[action] = {"threshold": cal.thresholds[action],
-                          "train_oof_hallucinated_removed": float(oof_hit[y_tr[real] == 1].mean()),
-                          "train_oof_grounded_removed": float(oof_hit[y_tr[real] == 0].mean()),
-                          "hallucinated_words_removed": float(hit[y == 1].mean()) if (y == 1).any() else None,
-                          "grounded_words_removed": float(hit[y == 0].mean()) if (y == 0).any() else None,
-                          "mixed_hallucinated_removed": float(hit[mixed & (y == 1)].mean()) if (mixed & (y == 1)).any() else None,
-                          "mixed_grounded_removed": float(hit[mixed & (y == 0)].mean()) if (mixed & (y == 0)).any() else None}
-        if gen_val:
-            g_hit = cal.score([r["features"] for r in gen_val]) >= cal.thresholds[action]
-            policy[action]["generated_hallucinated_removed"] = float(g_hit[yg == 1].mean()) if (yg == 1).any() else None
-            policy[action]["generated_grounded_removed"] = float(g_hit[yg == 0].mean()) if (yg == 0).any() else None
-    cal.meta = {"split": "guard.calibrate.split (as benchmarks/detection.py)", "l2": best_l2, "shares": best_shares,
-                "train_words": len(train), "val_words": len(val), "thresholds_from": "out-of-fold train scores",
-                "labels": "corpus rule at word level (benchmarks/word_scores.py)"}
+    paired = {name: paired_auroc_gap(y[m], score[m], detectors["segment score broadcast to words"][m],
+                                     [r["id"] for r, k in zip(val, m) if k])
+              for name, m in subsets.items() if len(set(y[m])) == 2}
+    mixed = subsets["mixed segments (grounded + invented words)"]
+    policy = policy_rates(cal, val, score, mixed, oof, real_train, [], None)
+    verify_policy = policy_rates(vcal, val, vcal.score([r["features"] for r in val]), mixed, voof, verify_train,
+                                 gen_val, gen_score) if vcal is not None else None
     coef = sorted(zip(cal.features, cal.coef), key=lambda t: -abs(t[1]))
     result = {"model": model, "clips": len({r["id"] for r in rows}), "words": len(rows),
               "generated_train_words": len(gen_train), "generated_val_words": len(gen_val),
-              "hallucinated_words": int(sum(r["label"] for r in rows)), "train_words": len(train),
-              "val_words": len(val), "l2": best_l2, "shares": best_shares, "features": features, "thresholds": cal.thresholds,
-              "table": table, "policy": policy, "top_coefficients": [[f, float(c)] for f, c in coef[:15]]}
+              "hallucinated_words": int(sum(r["label"] for r in rows)), "train_words": len(real_train),
+              "val_words": len(val), "l2": cal.meta["l2"], "shares": cal.meta["shares"],
+              "verify_l2": vcal.meta["l2"] if vcal else None, "verify_shares": vcal.meta["shares"] if vcal else None,
+              "features": features, "thresholds": cal.thresholds,
+              "verify_thresholds": vcal.thresholds if vcal else None,
+              "table": table, "paired_gap_vs_broadcast": paired, "policy": policy, "verify_policy": verify_policy,
+              "top_coefficients": [[f, float(c)] for f, c in coef[:15]]}
     if write_calibration:
-        path = ROOT / "guard" / "calibration" / f"words-{model}.json"
-        path.write_text(json.dumps(cal.to_json(), indent=1))
-        result["calibration_written"] = str(path.relative_to(ROOT))
+        written = []
+        for c in (cal, vcal):
+            if c is not None:
+                path = ROOT / "guard" / "calibration" / f"{c.model}.json"
+                path.write_text(json.dumps(c.to_json(), indent=1))
+                written.append(str(path.relative_to(ROOT)))
+        result["calibration_written"] = written
     return result
 
 
@@ -346,28 +416,42 @@ def markdown(r: dict) -> str:
     lines = [f"# Word-level hallucination scores: {r['model']}", "",
              f"{r['clips']} DEV clips, {r['words']} labelled words ({r['hallucinated_words']} hallucinated); "
              f"fit on {r['train_words']} train words, reported on {r['val_words']} validation words "
-             "(grouped split of benchmarks/detection.py). Thresholds from out-of-fold train scores. "
-             f"Training also holds {r.get('generated_train_words', 0)} words of generated verify cases (a train "
-             "clip's true transcript + an invented sentence); the validation clips' generated cases "
+             "(grouped split of benchmarks/detection.py). Thresholds from out-of-fold train scores. Two "
+             f"calibrations: `words-{r['model']}` scores transcribed words and is fitted on real DEV words only "
+             f"(L2 {r['l2']}, shares {r['shares']}); `words-verify-{r['model']}` scores the words of a verified "
+             f"transcript and is fitted on them plus {r.get('generated_train_words', 0)} words of generated verify "
+             "cases (a train clip's true transcript + an invented sentence; "
+             f"L2 {r.get('verify_l2')}, shares {r.get('verify_shares')}). The validation clips' generated cases "
              f"({r.get('generated_val_words', 0)} words) are reported on their own row.", "",
              "| subset | detector | n | hallucinated | AUROC | TPR@1%FPR | TPR@5%FPR |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, dets in r["table"].items():
         for d, s in dets.items():
-            lines.append(f"| {name} | {d} | {s['n']} | {s['hallucinated']} | {s['auroc']:.3f} | "
+            lines.append(f"| {name} | {d} | {s['n']} | {s['hallucinated']} | {s['auroc']:.4f} | "
                          f"{s['tpr_at_fpr_1pct']:.3f} | {s['tpr_at_fpr_5pct']:.3f} |")
-    lines += ["", "Word-level policy on validation (share of words whose verdict removes them). Flag: 1% of "
-              "grounded out-of-fold train words; suppress: the lowest threshold at which the one-sided 95% upper "
-              "bound of the out-of-fold train share of grounded words removed is <= 1%:", "",
-              "| action | threshold | hallucinated removed | grounded removed | mixed: hallucinated | mixed: grounded "
-              "| generated verify cases: invented / true | train out-of-fold: hallucinated / grounded |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if r.get("paired_gap_vs_broadcast"):
+        lines += ["", "Word score minus the segment score broadcast, AUROC on the same validation words, with a 95% "
+                  "interval from a bootstrap over clips (1000 rounds):", "",
+                  "| subset | AUROC gap | 95% interval | clips |", "|---|---:|---:|---:|"]
+        for name, g in r["paired_gap_vs_broadcast"].items():
+            lines.append(f"| {name} | {g['gap']:+.5f} | [{g['ci95'][0]:+.5f}, {g['ci95'][1]:+.5f}] | {g['clips']} |")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    for a, p in r["policy"].items():
-        lines.append(f"| {a} | {p['threshold']:.3f} | {fmt(p['hallucinated_words_removed'])} | "
-                     f"{fmt(p['grounded_words_removed'])} | {fmt(p['mixed_hallucinated_removed'])} | "
-                     f"{fmt(p['mixed_grounded_removed'])} | {fmt(p.get('generated_hallucinated_removed'))} / "
-                     f"{fmt(p.get('generated_grounded_removed'))} | {fmt(p.get('train_oof_hallucinated_removed'))} / "
-                     f"{fmt(p.get('train_oof_grounded_removed'))} |")
+    for title, pol in (("transcribed words (`words-" + r["model"] + "`)", r["policy"]),
+                       ("verified words (`words-verify-" + r["model"] + "`)", r.get("verify_policy"))):
+        if not pol:
+            continue
+        lines += ["", f"Word-level policy on validation, {title} (share of words whose verdict removes them). Flag: "
+                  "1% of grounded out-of-fold train words; suppress: the lowest threshold at which the one-sided 95% "
+                  "upper bound of the out-of-fold train share of grounded words removed is <= 1%:", "",
+                  "| action | threshold | hallucinated removed | grounded removed | mixed: hallucinated | mixed: grounded "
+                  "| generated verify cases: invented / true | train out-of-fold: hallucinated / grounded |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for a, p in pol.items():
+            k, n = p.get("grounded_removed_count", [None, None])
+            lines.append(f"| {a} | {p['threshold']:.3f} | {fmt(p['hallucinated_words_removed'])} | "
+                         f"{fmt(p['grounded_words_removed'])} ({k}/{n}) | {fmt(p['mixed_hallucinated_removed'])} | "
+                         f"{fmt(p['mixed_grounded_removed'])} | {fmt(p.get('generated_hallucinated_removed'))} / "
+                         f"{fmt(p.get('generated_grounded_removed'))} | {fmt(p.get('train_oof_hallucinated_removed'))} / "
+                         f"{fmt(p.get('train_oof_grounded_removed'))} |")
     lines += ["", "Largest coefficients: " + ", ".join(f"`{f}` {c:+.2f}" for f, c in r["top_coefficients"][:10]), ""]
     return "\n".join(lines)
 
@@ -380,12 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extract-only", action="store_true")
     ap.add_argument("--generate", type=int, default=0, help="also build N verify cases (true text + invented)")
     ap.add_argument("--write-calibration", action="store_true")
+    ap.add_argument("--skip-extract", action="store_true", help="fit and report on what the caches hold")
     args = ap.parse_args(argv)
     cache = HERE / ".cache" / f"words-{args.model}.jsonl"
     generated = HERE / ".cache" / f"words-generated-{args.model}.jsonl"
-    if args.generate:
+    if args.generate and not args.skip_extract:
         generate(args.corpus, args.model, generated, args.generate)
-    if not args.extract_only or not args.generate:
+    if not args.skip_extract and (not args.extract_only or not args.generate):
         extract(args.corpus, args.model, cache, args.limit)
     if args.extract_only:
         return 0

@@ -72,6 +72,11 @@ class Bundle:
     alignment_heads: np.ndarray
     verify_calibration: scoring.Calibration | None = None  # Verify's own; None: the detection one
     word_calibration: scoring.Calibration | None = None  # None: words take their segment's score
+    verify_word_calibration: scoring.Calibration | None = None  # a verified transcript's words; None: the above
+
+    def words_calibration(self, verified: bool) -> scoring.Calibration | None:
+        """The word calibration for transcribed words, or for the words of a verified transcript."""
+        return (self.verify_word_calibration or self.word_calibration) if verified else self.word_calibration
 
 
 class Guard:
@@ -136,10 +141,14 @@ class Guard:
             word_calibration = scoring.load(f"words-{resolved.name}")
         except ModelError:
             word_calibration = None
+        try:
+            verify_word_calibration = scoring.load(f"words-verify-{resolved.name}")
+        except ModelError:
+            verify_word_calibration = None
         log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
                  transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
         return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration,
-                      word_calibration)
+                      word_calibration, verify_word_calibration)
 
     # ------------------------------------------------------------ public calls
     def bundle(self, name: str | None) -> Bundle:
@@ -243,7 +252,8 @@ class Guard:
             window_scored = self._score(calibration, window, rows, policy, options.return_features or plan is not None,
                                         timings)
             if plan is not None:
-                limits = self._words(bundle, window, ctx, plan, window_scored, policy, options.return_features, timings)
+                limits = self._words(bundle, window, ctx, plan, window_scored, policy, options.return_features, timings,
+                                     verified=True)
                 last_speech = clamp_words(window_scored, limits, last_speech)
                 if not options.return_features:
                     for s in window_scored:
@@ -409,17 +419,19 @@ class Guard:
         tokenizer = bundle.transcriber.tokenizer(window.language)
         return wording.plan(window.prompt, window.tokens, spans, list(tokenizer.sot_sequence), tokenizer.eot)
 
-    def word_policy(self, bundle: Bundle, policy: Policy) -> Policy:
+    def word_policy(self, bundle: Bundle, policy: Policy, verified: bool = False) -> Policy:
         """The request's mode with the word calibration's thresholds (the segment's without one)."""
-        if bundle.word_calibration is None:
+        calibration = bundle.words_calibration(verified)
+        if calibration is None:
             return policy
-        t = bundle.word_calibration.thresholds
+        t = calibration.thresholds
         return Policy(policy.mode, t["flag"], t["suppress"])
 
     def _words(self, bundle: Bundle, window: Window, ctx: WindowContext, plan: wording.Plan,
                scored: list[ScoredSegment], policy: Policy, return_features: bool,
-               timings: dict[str, float]) -> tuple[float, float]:
-        """Time, feature and score the words of a window's segments (set on `scored` in place)."""
+               timings: dict[str, float], verified: bool = False) -> tuple[float, float]:
+        """Time, feature and score the words of a window's segments (set on `scored` in place);
+        `verified`: the segments are a transcript being verified (its own word calibration)."""
         t0 = time.perf_counter()
         tokenizer = bundle.transcriber.tokenizer(window.language)
         aligned = wording.align_window(ctx, plan, tokenizer, window.n_frames, window.start,
@@ -427,10 +439,11 @@ class Guard:
         feats = wording.word_features(ctx, plan, aligned, [s.score for s in scored], [s.features for s in scored])
         timings["signature"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        word_policy = self.word_policy(bundle, policy)
+        word_policy = self.word_policy(bundle, policy, verified)
+        calibration = bundle.words_calibration(verified)
         for seg, timed, rows in zip(scored, aligned.per_segment, feats):
-            if bundle.word_calibration is not None and rows:
-                scores = bundle.word_calibration.score(rows)
+            if calibration is not None and rows:
+                scores = calibration.score(rows)
             else:
                 scores = np.full(len(rows), seg.score)
             seg.words = [Word(t.word, t.start, t.end, t.probability, float(sc), word_policy.decide(float(sc)),

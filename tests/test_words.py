@@ -94,6 +94,26 @@ def test_words_off_by_default_and_scores_unchanged(guard, load_audio):
     assert [s.score for s in plain.segments] == pytest.approx([s.score for s in with_words.segments], abs=1e-9)
 
 
+def test_transcribed_and_verified_words_are_scored_by_their_own_calibrations(guard, load_audio):
+    """Transcribed words: `words-<model>` (fitted on real words); a verified transcript's words:
+    `words-verify-<model>` (fitted with generated verify cases too), with its thresholds."""
+    bundle = guard.bundle(None)
+    if bundle.word_calibration is None or bundle.verify_word_calibration is None:
+        pytest.skip("tiny.en ships no word calibrations")
+    assert bundle.words_calibration(False) is bundle.word_calibration
+    assert bundle.words_calibration(True) is bundle.verify_word_calibration
+    audio = load_audio(SPEECH)
+    options = RequestOptions(word_timestamps=True, return_features=True, policy=PolicyMode.flag)
+    for result, cal in ((guard.transcribe(audio, options), bundle.word_calibration),
+                        (guard.verify(audio, [TranscriptSegment(text=SPEECH_TEXT + INVENTED)], options),
+                         bundle.verify_word_calibration)):
+        words = [w for s in result.segments for w in s.words]
+        assert words
+        np.testing.assert_allclose([w.score for w in words], cal.score([w.features for w in words]), atol=1e-12)
+        policy = guard.word_policy(bundle, guard.policy(bundle, options), cal is bundle.verify_word_calibration)
+        assert [w.verdict for w in words] == [policy.decide(w.score) for w in words]
+
+
 def test_word_suppress_drops_an_invented_tail_and_keeps_the_spoken_words(guard, load_audio):
     if guard.bundle(None).word_calibration is None:
         pytest.skip("no word calibration shipped for tiny.en")
