@@ -136,7 +136,14 @@ def generated_rows(clips: dict[str, dict], cache: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- labels
 def label_words(model: str, clips: dict[str, dict], cache: Path) -> list[dict]:
-    """One row per labelled word: features, label, the anchors, clip/segment identity."""
+    """One row per labelled word: features, label, the anchors, clip/segment identity.
+
+    The segment score (a word feature, and the broadcast anchor) is recomputed from the cached
+    segment features with the detection calibration shipped now: the one the guard will feed the
+    word score at run time, whatever calibration the cache was extracted under."""
+    from guard import score as scoring
+
+    detection = scoring.load(model)
     rows = []
     for line in cache.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -148,6 +155,10 @@ def label_words(model: str, clips: dict[str, dict], cache: Path) -> list[dict]:
         lang = clip.get("lang")
         items = []  # (segment index, word dict, its normalised pieces)
         for si, seg in enumerate(sorted(rec["segments"], key=lambda s: (s["start"], s["end"]))):
+            if seg.get("features"):
+                seg = {**seg, "score": float(detection.score([seg["features"]])[0])}
+                seg["words"] = [{**w, "features": {**w["features"], "seg.score": seg["score"]}}
+                                if "features" in w else w for w in seg.get("words") or []]
             for w in seg.get("words") or []:
                 items.append((si, seg, w, norm_words(w["word"], lang)))
         hyp = [p for *_, pieces in items for p in pieces]
