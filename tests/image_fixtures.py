@@ -6,6 +6,7 @@ bookworm base); `engine_not_ready()` says why not otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -173,11 +174,9 @@ def wait_serving(client, container: Container, timeout: float = 240) -> float:
     """Seconds from `podman run` to the first health SERVING; fails with the logs if the container exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(Exception):  # not listening yet
             if client.health(timeout=2) == "SERVING":
                 return time.monotonic() - container.started
-        except Exception:  # noqa: BLE001  (not listening yet)
-            pass
         if container.state()["Status"] not in ("running", "created", "configured"):
             raise AssertionError(f"container exited before SERVING:\n{container.logs()[-4000:]}")
         time.sleep(0.1)

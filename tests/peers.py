@@ -112,12 +112,10 @@ def _wait_ready(peer: Peer, deadline: float) -> None:
     while True:
         if peer.process.poll() is not None:
             raise RuntimeError(f"faster-whisper-server exited with {peer.process.returncode}:\n{peer.log_tail()}")
-        try:
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, OSError):  # not up yet
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"faster-whisper-server not ready on {url} within {START_DEADLINE_S:.0f} s:\n"
                                f"{peer.log_tail()}")

@@ -6,6 +6,7 @@ bytes, to `from_pcm16`. The contract: a valid 16 kHz mono float32 array in [-1, 
 the length cap, or a `guard.errors.AudioError`. Anything else (another exception, a NaN, a crash
 in FFmpeg) is a finding. See tests/fuzz/README.md for how to run it.
 """
+import contextlib
 import sys
 from pathlib import Path
 
@@ -30,18 +31,14 @@ def _check(y: np.ndarray) -> None:
 
 
 def test_one_input(data: bytes) -> None:
-    try:
+    with contextlib.suppress(AudioError):  # the one documented failure; anything else escapes
         _check(audio.decode_bytes(data, max_seconds=MAX_SECONDS))
-    except AudioError:
-        pass
     fdp = atheris.FuzzedDataProvider(data)
     rate = fdp.ConsumeIntInRange(0, 400_000)
     channels = fdp.ConsumeIntInRange(0, 34)
-    try:
+    with contextlib.suppress(AudioError):
         _check(audio.from_pcm16(fdp.ConsumeBytes(fdp.remaining_bytes()), rate, channels=channels,
                                 max_seconds=MAX_SECONDS))
-    except AudioError:
-        pass
 
 
 def main() -> None:
