@@ -11,6 +11,7 @@ stops the guard to see WhisperGuardDown go pending.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -138,11 +139,9 @@ class Prometheus:
             stdout=self.logfile, stderr=subprocess.STDOUT, cwd=tmp)
         deadline = time.monotonic() + 60
         while True:
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 if http_get(f"{self.url}/-/ready", 1) is not None:
                     break
-            except OSError:
-                pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.logfile.seek(0)
                 raise AssertionError("prometheus did not become ready:\n" + self.logfile.read()[-3000:])
