@@ -34,7 +34,7 @@ import detection  # noqa: E402
 from guard import evaluation  # noqa: E402
 from guard.calibrate import FLAG_FPR, L2_GRID, groups_of, split, transform_for, usable_features  # noqa: E402
 from guard.corpus import bench_dir, read_manifest  # noqa: E402
-from guard.score import TRANSFORMS, fit_logistic  # noqa: E402
+from guard.score import TRANSFORMS, balanced_weights, fit_logistic  # noqa: E402
 
 FOLDS = 5
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,18 +86,13 @@ def standardise(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return f(xtr), f(xte)
 
 
-def balanced(y: np.ndarray) -> np.ndarray:
-    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
-    return np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
-
-
 def fit_predict(kind: str, xtr, ytr, xte, l2: float) -> np.ndarray:
     ztr, zte = standardise(xtr, xte)
     if kind == "logistic":
-        coef, b = fit_logistic(ztr, ytr, l2=l2, weights=balanced(ytr))
+        coef, b = fit_logistic(ztr, ytr, l2=l2, weights=balanced_weights(ytr))
         return zte @ coef + b
     if kind == "quadratic":
-        coef, b = fit_logistic(np.hstack([ztr, ztr**2]), ytr, l2=l2, weights=balanced(ytr))
+        coef, b = fit_logistic(np.hstack([ztr, ztr**2]), ytr, l2=l2, weights=balanced_weights(ytr))
         return np.hstack([zte, zte**2]) @ coef + b
     if kind == "l1":
         from sklearn.linear_model import LogisticRegression
@@ -166,7 +161,7 @@ def lolo(rows: list[dict], side: dict[str, str], lang_of: dict[str, str | None],
         tr = is_train & ~held
         thr_rows = ~is_train & ~held & is_dev
         ztr, zall = standardise(x[tr], x)
-        coef, b = fit_logistic(ztr, y[tr], l2=l2, weights=balanced(y[tr]))
+        coef, b = fit_logistic(ztr, y[tr], l2=l2, weights=balanced_weights(y[tr]))
         s = zall @ coef + b
         thr = evaluation.threshold_at_fpr(y[thr_rows], s[thr_rows], FLAG_FPR)
         test = held & is_dev

@@ -44,7 +44,7 @@ import verify_cases  # noqa: E402
 from guard import evaluation  # noqa: E402
 from guard.calibrate import group_folds, groups_of, split, transform_for, usable_features  # noqa: E402
 from guard.corpus import bench_dir, read_manifest  # noqa: E402
-from guard.score import TRANSFORMS, Calibration, fit_logistic  # noqa: E402
+from guard.score import TRANSFORMS, Calibration, balanced_weights, fit_logistic  # noqa: E402
 from guard.verify_features import normalised_words  # noqa: E402
 
 FOLDS = 5
@@ -189,9 +189,7 @@ def fit_matrix(model: str, x: np.ndarray, y: np.ndarray, features: list[str], l2
     scale[~np.isfinite(scale) | (scale < 1e-9)] = 1.0
     mean[~np.isfinite(mean)] = 0.0
     z = np.nan_to_num((x - mean) / scale, nan=0.0).clip(-8, 8)
-    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
-    weights = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
-    coef, intercept = fit_logistic(z, y.astype(np.float64), l2=l2, weights=weights, iters=40)
+    coef, intercept = fit_logistic(z, y.astype(np.float64), l2=l2, weights=balanced_weights(y), iters=40)
     return Calibration(model, list(features), [transform_for(f) for f in features], mean, scale, coef, intercept,
                        {"flag": 0.5, "suppress": 0.5})
 

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from guard import evaluation  # noqa: E402
-from guard.calibrate import L2_GRID, groups_of, split, transform_for, usable_features  # noqa: E402
+from guard.calibrate import group_folds, groups_of, split, transform_for, usable_features  # noqa: E402
 from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
-from guard.score import Calibration, fit, fit_logistic  # noqa: E402
+from guard.score import Calibration, balanced_weights, fit_logistic, standardised  # noqa: E402
 from guard.words import add_relative, segment_context  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -222,11 +222,10 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float, shares: d
     of mixed segments and of generated cases given fixed shares of the total weight: they are few,
     and they are what a word score adds over the segment score."""
     shares = SHARES if shares is None else shares
-    cal = fit(f"words-{model}", [r["features"] for r in rows], np.array([r["label"] for r in rows]), features,
-              {f: WORD_TRANSFORMS.get(f, transform_for(f)) for f in features}, l2=l2)
+    feats = [r["features"] for r in rows]
+    cal = standardised(f"words-{model}", feats, features, {f: WORD_TRANSFORMS.get(f, transform_for(f)) for f in features})
     y = np.array([r["label"] for r in rows], dtype=np.float64)
-    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
-    w = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
+    w = balanced_weights(y)
     generated = np.array([r["kind"] == "generated" for r in rows])
     mixed = mixed_segments(rows) & ~generated
     pools = {"mixed": mixed, "generated": generated}
@@ -241,15 +240,13 @@ def _fit(model: str, rows: list[dict], features: list[str], l2: float, shares: d
     # anchored: the segment score (itself a regularised calibration fitted on far more segments)
     # is not shrunk, so the word features fit corrections around it instead of replacing it
     free = np.array([f == ANCHOR for f in cal.features]) if shares.get("anchored") else None
-    cal.coef, cal.intercept = fit_logistic(cal.design([r["features"] for r in rows]), y, l2=l2,
-                                           weights=out * len(y), unpenalised=free)
+    cal.coef, cal.intercept = fit_logistic(cal.design(feats), y, l2=l2, weights=out * len(y), unpenalised=free)
     return cal
 
 
 def out_of_fold(model: str, rows: list[dict], features: list[str], groups: dict[str, str], l2: float,
                 folds: int = 5, shares: dict | None = None) -> np.ndarray:
-    fold_of = {g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in set(groups.values())}
-    fold = np.array([fold_of[groups[r["id"]]] for r in rows])
+    fold = group_folds(rows, groups, folds)
     scores = np.zeros(len(rows))
     for k in range(folds):
         train = [r for r, f in zip(rows, fold) if f != k]

@@ -19,27 +19,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-
-_trim = None
-_loaded = False
+import functools
 
 
-def _load():
-    global _trim, _loaded
-    _loaded = True
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once; None where the C library has none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    _trim = trim
     return trim
 
 
 def release() -> bool:
     """Return the heaps' free pages to the OS; False where the C library cannot."""
-    trim = _trim if _loaded else _load()
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)

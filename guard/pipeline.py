@@ -127,24 +127,17 @@ class Guard:
             if self.require_calibration:
                 raise
             calibration = scoring.neutral(resolved.name)
-        try:
-            verify_calibration = scoring.load(f"verify-{resolved.name}")
-        except ModelError:  # no shipped verify calibration for this model
-            verify_calibration = None if self.require_calibration else scoring.neutral(resolved.name)
-            if verify_calibration is None:
-                log.warning("no verify calibration for %s: Verify uses the detection calibration", resolved.name)
+        verify_calibration = _shipped(f"verify-{resolved.name}")
+        if verify_calibration is None and not self.require_calibration:
+            verify_calibration = scoring.neutral(resolved.name)
+        elif verify_calibration is None:
+            log.warning("no verify calibration for %s: Verify uses the detection calibration", resolved.name)
         config = json.loads((resolved.path / "config.json").read_text())
         heads = np.array(config.get("alignment_heads") or [], dtype=np.int64).reshape(-1, 2)
         if not len(heads):
             heads = alignment.default_alignment_heads(probe.n_layers, probe.dims["heads"])
-        try:
-            word_calibration = scoring.load(f"words-{resolved.name}")
-        except ModelError:
-            word_calibration = None
-        try:
-            verify_word_calibration = scoring.load(f"words-verify-{resolved.name}")
-        except ModelError:
-            verify_word_calibration = None
+        word_calibration = _shipped(f"words-{resolved.name}")
+        verify_word_calibration = _shipped(f"words-verify-{resolved.name}")
         log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
                  transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
         return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration,
@@ -552,6 +545,14 @@ def _decode(audio: np.ndarray | AudioSource) -> tuple[np.ndarray, dict[str, floa
     t0 = time.perf_counter()
     samples = audio.decode()
     return samples, {"decode": time.perf_counter() - t0}
+
+
+def _shipped(name: str) -> scoring.Calibration | None:
+    """A calibration the package ships, or None where it ships none for this model."""
+    try:
+        return scoring.load(name)
+    except ModelError:
+        return None
 
 
 def wants_words(options: RequestOptions) -> bool:

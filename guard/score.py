@@ -148,22 +148,35 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float = 1.0, weights: np.ndar
     return beta[:-1], float(beta[-1])
 
 
-def fit(model: str, rows: list[dict[str, float]], labels: np.ndarray, features: list[str],
-        transforms: dict[str, str], l2: float = 1.0, quadratic: bool = False) -> Calibration:
-    """Fit a calibration on feature dicts with 0/1 labels (balanced class weights)."""
+def standardised(model: str, rows: list[dict[str, float]], features: list[str], transforms: dict[str, str],
+                 quadratic: bool = False) -> Calibration:
+    """A calibration with the features' transforms and standardisation (mean, scale) taken from
+    `rows`, and no weights yet: `design` on it gives the matrix a fit runs on."""
     tr = [transforms.get(f, "identity") for f in features]
-    x = np.array([[r.get(f, np.nan) for f in features] for r in rows], dtype=np.float64)
+    x = np.array([[r.get(f, np.nan) for f in features] for r in rows], dtype=np.float64).reshape(
+        len(rows), len(features))
     for j, t in enumerate(tr):
         x[:, j] = TRANSFORMS[t](x[:, j])
     mean = np.nanmean(x, axis=0)
     scale = np.nanstd(x, axis=0)
     scale[~np.isfinite(scale) | (scale < 1e-9)] = 1.0
     mean[~np.isfinite(mean)] = 0.0
-    z = np.nan_to_num((x - mean) / scale, nan=0.0).clip(-8, 8)
-    y = labels.astype(np.float64)
-    pos = max(1.0, y.sum())
-    neg = max(1.0, len(y) - y.sum())
-    weights = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
-    coef, intercept = fit_logistic(np.hstack([z, z**2]) if quadratic else z, y, l2=l2, weights=weights)
-    return Calibration(model, list(features), tr, mean, scale, coef, intercept, {"flag": 0.5, "suppress": 0.5},
+    k = len(features) * (2 if quadratic else 1)
+    return Calibration(model, list(features), tr, mean, scale, np.zeros(k), 0.0, {"flag": 0.5, "suppress": 0.5},
                        quadratic=quadratic)
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Per-row weights that give both classes the same total weight (summing to len(y))."""
+    y = np.asarray(y, dtype=np.float64)
+    pos, neg = max(1.0, y.sum()), max(1.0, len(y) - y.sum())
+    return np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
+
+
+def fit(model: str, rows: list[dict[str, float]], labels: np.ndarray, features: list[str],
+        transforms: dict[str, str], l2: float = 1.0, quadratic: bool = False) -> Calibration:
+    """Fit a calibration on feature dicts with 0/1 labels (balanced class weights)."""
+    cal = standardised(model, rows, features, transforms, quadratic)
+    y = labels.astype(np.float64)
+    cal.coef, cal.intercept = fit_logistic(cal.expand(cal.design(rows)), y, l2=l2, weights=balanced_weights(y))
+    return cal
