@@ -25,9 +25,11 @@ graph, `tests/test_perf_equivalence.py` holds that reference and pins the agreem
 - the last layer runs its queries, cross-attention and FFN only on the kept rows: the prompt's
   rows there feed nothing that is read;
 - the vocabulary projection (the costliest matmul) runs on the R logit rows only, against the
-  token embedding itself (Gemm with transB): one copy of the largest weight, not two; and
-  in a Loop over chunks of VOCAB_CHUNK rows, so one chunk's [rows, vocab] tensors are alive
-  at a time, not the window's (outputs bit-identical: every statistic is per row);
+  token embedding itself (Gemm with transB): one copy of the largest weight, not two, kept as the
+  model stores it (float16: half the bytes, cast exactly a chunk at a time); and in a Loop over
+  chunks of VOCAB_CHUNK vocabulary entries, combined as a log-sum-exp, so one chunk's
+  [rows, VOCAB_CHUNK] tensors are alive at a time, never a [rows, vocab] one;
+- the last layer's softmax is itself the pattern output, written into the caller's buffer;
 - weights are not embedded in the proto: `DecoderGraph.initializers` hands them to ONNX Runtime
   as external initializers, so loading holds one float32 copy instead of four.
 """
@@ -44,7 +46,7 @@ from guard.probe.ct2_reader import ModelBin
 OPSET = 17
 EPS = 1e-5
 N_FRAMES = 1500  # encoder frames of a 30 s window (every Whisper model)
-VOCAB_CHUNK = 32  # rows per vocabulary-statistics chunk (see `_vocab_statistics`)
+VOCAB_CHUNK = 2048  # vocabulary entries per statistics chunk (see `_vocab_statistics`)
 
 
 # onnx is imported on the first build, not with this module: the runner needs only the names
@@ -123,7 +125,7 @@ def _external(name: str, value: np.ndarray) -> onnx.TensorProto:
 @dataclass
 class DecoderGraph:
     model: onnx.ModelProto  # no large weights inside: see `initializers`
-    initializers: dict[str, np.ndarray]  # name -> float32 array, handed to ONNX Runtime by reference
+    initializers: dict[str, np.ndarray]  # name -> weight (float32; a float16 projection as stored), by reference
     dims: dict
     embedding: Embedding
 
@@ -171,6 +173,12 @@ class _Builder:
     def bias(self, name: str, size: int) -> np.ndarray:
         return self.w.float32(name) if self.w.has(name) else np.zeros(size, np.float32)
 
+    def as_stored(self, name: str) -> np.ndarray:
+        """A float16 weight as the model stores it (the graph's Cast to float32 is exact); any
+        other storage as float32."""
+        key = self.w.aliases.get(name, name)
+        return self.w.variables[key] if self.w.dtypes[key] == 4 else self.weight(name)
+
     def linear(self, x: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:
         """x @ w.T + b, with w stored [out, in] as CTranslate2 does."""
         return self.op("Add", [self.op("MatMul", [x, self.const(f"{tag}.W", w.T)]), self.const(f"{tag}.b", b)])
@@ -184,54 +192,75 @@ class _Builder:
         return self.const(f"shape.{name}", np.array(dims, np.int64))
 
 
-def _vocab_statistics(b: _Builder, picked: str, targets: str, proj: str, bias: str | None) -> None:
-    """The `logits.*` outputs of the R picked rows [R, d], VOCAB_CHUNK rows at a time.
+def _vocab_statistics(b: _Builder, picked: str, targets: str, proj: str, bias: str | None, vocab: int) -> None:
+    """The `logits.*` outputs of the R picked rows [R, d], VOCAB_CHUNK vocabulary entries at a time.
 
-    A Loop over row chunks: each iteration runs the projection (Gemm with transB against the
-    token embedding), LogSoftmax, the target's log-prob, ArgMax and the entropy on [VOCAB_CHUNK, V],
-    so at most one chunk's [rows, vocab] tensors are alive instead of the whole window's (each
-    [R, V] float32 is 37 MB at R = 180 for a 51,864-token vocabulary, and ~5 were alive at once).
-    Every statistic is per row, so the values are those of the unchunked pass. The rows are
-    padded with zeros to a whole number of chunks (ONNX Runtime's Loop stacks equal-shaped
-    chunk outputs) and the padding is cut off after the loop.
+    A Loop over column chunks of the vocabulary: each iteration slices VOCAB_CHUNK rows of the
+    projection (the token embedding, stored as the model stores it: float16 weights stay float16,
+    and the Cast to float32 is exact), multiplies the R rows against them (Gemm with transB) and
+    reduces the [R, VOCAB_CHUNK] logits to per-row partial statistics: the chunk's maximum m and
+    its first argmax, s = sum exp(l - m), a = sum exp(l - m) (l - m), and the target's logit where
+    the target falls in the chunk. After the loop the partials combine exactly as a log-sum-exp
+    does: with M = max m, S = sum s e^(m - M), A = sum e^(m - M) (a + s (m - M)),
+        log p(target) = (l_target - M) - log S,   entropy = log S - A / S,
+    and the argmax is the first maximum's, in the first chunk holding M (ArgMax's tie rule).
+
+    So neither a float32 copy of the projection (the largest weight: 80 MB in float32 for tiny.en,
+    held as 40 MB of float16) nor a [rows, vocab] tensor is ever alive: one chunk's float32
+    weights and [R, VOCAB_CHUNK] logits are. Summing 2,048 entries at a time is also closer to the
+    exact value than one float32 LogSoftmax over the whole row: on real tiny.en windows 2e-6 nats
+    from the float64 log-softmax of the same logits, against 6e-5 (`tests/test_perf_equivalence.py`).
     """
-    chunk = b.const("c.vocab_chunk", np.array([VOCAB_CHUNK], np.int64))
     zero1, one = "c.zero1", "c.one"  # [0] and [1], made by `build` before this
-    n_rows = b.op("Shape", [picked], start=0, end=1)  # [1] = R
-    n_chunks = b.op("Div", [b.op("Add", [n_rows, b.const("c.vocab_chunk_m1", np.array([VOCAB_CHUNK - 1], np.int64))]),
-                            chunk])
-    pad = b.op("Sub", [b.op("Mul", [n_chunks, chunk]), n_rows])
-    picked_p = b.op("Pad", [picked, b.op("Concat", [zero1, zero1, pad, zero1], axis=0)])  # [n * C, d]
-    targets_p = b.op("Pad", [targets, b.op("Concat", [zero1, pad], axis=0)])  # [n * C]
-    trips = b.op("Squeeze", [n_chunks, zero1])
+    chunk = b.const("c.vocab_chunk", np.array([VOCAB_CHUNK], np.int64))
+    trips = b.const("c.vocab_trips", np.array(-(-vocab // VOCAB_CHUNK), np.int64))
+    neg_inf = b.const("c.neg_inf", np.array(-np.inf, np.float32))
+    tgt = b.op("Unsqueeze", [targets, one])  # [R, 1]
 
     outer = b.nodes
     b.nodes = []
-    lo = b.op("Mul", [b.op("Unsqueeze", ["chunk_index", zero1]), chunk])
-    hi = b.op("Add", [lo, chunk])
-    x = b.op("Slice", [picked_p, lo, hi, zero1])  # [C, d]
-    t = b.op("Slice", [targets_p, lo, hi, zero1])  # [C]
-    logits = b.op("Gemm", [x, proj], transB=1)  # [C, V]
+    lo = b.op("Mul", [b.op("Unsqueeze", ["chunk_index", zero1]), chunk])  # [1]
+    hi = b.op("Add", [lo, chunk])  # past the vocabulary on the last chunk: Slice clamps it
+    w = b.op("Slice", [proj, lo, hi, zero1])  # [C, d] as stored
+    if b.large[proj].dtype != np.float32:
+        w = b.op("Cast", [w], to=TensorProto.FLOAT)
+    logits = b.op("Gemm", [picked, w], transB=1)  # [R, C]
     if bias is not None:
-        logits = b.op("Add", [logits, bias])
-    logp = b.op("LogSoftmax", [logits], axis=-1)
-    target_lp = b.op("Squeeze", [b.op("GatherElements", [logp, b.op("Unsqueeze", [t, one])], axis=1), one])
-    argmax = b.op("ArgMax", [logp], axis=-1, keepdims=0)
-    ent = b.op("Neg", [b.op("ReduceSum", [b.op("Mul", [b.op("Exp", [logp]), logp]), one], keepdims=0)])
+        logits = b.op("Add", [logits, b.op("Slice", [bias, lo, hi, zero1])])
+    m = b.op("ReduceMax", [logits], axes=[1], keepdims=1)  # opset 17: axes an attribute  # [R, 1]
+    shifted = b.op("Sub", [logits, m])
+    e = b.op("Exp", [shifted])
+    s = b.op("ReduceSum", [e, one], keepdims=0)  # [R]
+    a = b.op("ReduceSum", [b.op("Mul", [e, shifted]), one], keepdims=0)  # [R]
+    idx = b.op("Add", [b.op("ArgMax", [logits], axis=1, keepdims=0), lo])  # [R], vocabulary ids
+    width = b.op("Shape", [logits], start=1, end=2)  # [1] = this chunk's columns
+    local = b.op("Sub", [tgt, lo])  # [R, 1]
+    inside = b.op("And", [b.op("GreaterOrEqual", [local, zero1]), b.op("Less", [local, width])])
+    picked_t = b.op("GatherElements", [logits, b.op("Where", [inside, local, b.op("Mul", [local, zero1])])], axis=1)
+    t_logit = b.op("Squeeze", [b.op("Where", [inside, picked_t, neg_inf]), one])  # [R], -inf off the chunk
+    b.op("Squeeze", [m, one], name="chunk_max")
     b.op("Identity", ["chunk_cond_in"], name="chunk_cond_out")
     body = helper.make_graph(
         b.nodes, "vocab_chunk",
         inputs=[helper.make_tensor_value_info("chunk_index", TensorProto.INT64, []),
                 helper.make_tensor_value_info("chunk_cond_in", TensorProto.BOOL, [])],
-        outputs=[helper.make_tensor_value_info("chunk_cond_out", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info(target_lp, TensorProto.FLOAT, [VOCAB_CHUNK]),
-                 helper.make_tensor_value_info(argmax, TensorProto.INT64, [VOCAB_CHUNK]),
-                 helper.make_tensor_value_info(ent, TensorProto.FLOAT, [VOCAB_CHUNK])])
+        outputs=[helper.make_tensor_value_info("chunk_cond_out", TensorProto.BOOL, [])]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["R"]) for n in ("chunk_max", s, a, t_logit)]
+        + [helper.make_tensor_value_info(idx, TensorProto.INT64, ["R"])])
     b.nodes = outer
-    stacked = b.op("Loop", [trips, ""], "vocab_chunks", n_out=3, body=body)  # each [n, C]
-    flat = b.const("c.flat", np.array([-1], np.int64))
-    for i, name in enumerate(LOGIT_OUTPUTS):
-        b.op("Slice", [b.op("Reshape", [f"{stacked}_{i}", flat]), zero1, n_rows, zero1], name=name)
+    parts = b.op("Loop", [trips, ""], "vocab_chunks", n_out=5, body=body)  # each [chunks, R]
+    m_all, s_all, a_all, t_all, idx_all = (f"{parts}_{i}" for i in range(5))
+    big_m = b.op("ReduceMax", [m_all], axes=[0], keepdims=1)  # [1, R]
+    dm = b.op("Sub", [m_all, big_m])  # [chunks, R], <= 0
+    r = b.op("Exp", [dm])
+    big_s = b.op("ReduceSum", [b.op("Mul", [s_all, r]), zero1], keepdims=0)  # [R]
+    big_a = b.op("ReduceSum", [b.op("Mul", [r, b.op("Add", [a_all, b.op("Mul", [s_all, dm])])]), zero1], keepdims=0)
+    log_s = b.op("Log", [big_s])
+    t_logit = b.op("ReduceMax", [t_all], axes=[0], keepdims=0)  # the one chunk that holds each target
+    b.op("Sub", [b.op("Sub", [t_logit, b.op("Squeeze", [big_m, zero1])]), log_s], name=LOGIT_OUTPUTS[0])
+    first = b.op("ArgMax", [m_all], axis=0, keepdims=1)  # [1, R]: the first chunk holding M
+    b.op("Squeeze", [b.op("GatherElements", [idx_all, first], axis=0), zero1], name=LOGIT_OUTPUTS[1])
+    b.op("Sub", [log_s, b.op("Div", [big_a, big_s])], name=LOGIT_OUTPUTS[2])
 
 
 def build(weights: ModelBin) -> DecoderGraph:
@@ -328,13 +357,13 @@ def build(weights: ModelBin) -> DecoderGraph:
         scores = b.op("MatMul", [to_heads(q), b.op("Reshape", [k_t, by_head])])  # [H, T, F]
         if not fold:
             scores = b.op("Mul", [scores, scale_c])
-        pattern = b.op("Softmax", [scores], axis=-1)
+        # the last layer's softmax writes straight into the caller's output buffer (no copy)
+        pattern = b.op("Softmax", [scores], name=pattern_name(layer) if last else None, axis=-1)
         v_h = b.op("Transpose", [b.op("Reshape", [v_t, by_head])], perm=[0, 2, 1])  # fused into the matmul
         w_co = b.weight(f"{p}/attention/linear_2/weight")
         cross = b.linear(merge_heads(b.op("MatMul", [pattern, v_h])), w_co,
                          b.bias(f"{p}/attention/linear_2/bias", d_model), f"{tag}.cross_attn.o")
         if last:
-            b.op("Identity", [pattern], name=pattern_name(layer))
             b.op("Identity", [cross], name=out_name(layer))
         else:
             b.op("Gather", [pattern, keep], name=pattern_name(layer), axis=1)
@@ -355,10 +384,10 @@ def build(weights: ModelBin) -> DecoderGraph:
     picked = b.op("Gather", [x, logit_index], axis=0)  # [R, d]
     tied = not weights.has("decoder/projection/weight") or \
         weights.aliases.get("decoder/projection/weight") == "decoder/embeddings/weight"
-    proj = b.const("decoder.unembed.W", b.weight("decoder/embeddings/weight" if tied else "decoder/projection/weight"))
+    proj = b.const("decoder.unembed.W", b.as_stored("decoder/embeddings/weight" if tied else "decoder/projection/weight"))
     bias = b.const("decoder.unembed.b", b.weight("decoder/projection/bias")) \
         if weights.has("decoder/projection/bias") else None
-    _vocab_statistics(b, picked, targets, proj, bias)
+    _vocab_statistics(b, picked, targets, proj, bias, vocab)
 
     graph = helper.make_graph(
         b.nodes, "whisper_decoder_probe",

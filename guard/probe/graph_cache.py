@@ -106,7 +106,7 @@ def _write(graph: decoder_graph.DecoderGraph, directory: Path, key: str) -> None
             f.write(b"\0" * pad)
             h.update(b"\0" * pad)
             offset += pad
-            data = memoryview(value.reshape(-1)).cast("B")  # contiguous float32, no copy
+            data = memoryview(value.reshape(-1)).cast("B")  # contiguous, as stored, no copy
             f.write(data)
             h.update(data)
             del tensor.external_data[:]

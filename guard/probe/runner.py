@@ -203,6 +203,8 @@ class Probe:
             raise ModelError("the probe needs at least one token")
         if len(rows) != len(targets) or (len(rows) and (rows.min() < 0 or rows.max() >= n)):
             raise ModelError("logit rows must be positions of the fed tokens, one target each")
+        if len(targets) and (targets.min() < 0 or targets.max() >= self.dims["vocab"]):
+            raise ModelError(f"target token ids must be in 0..{self.dims['vocab'] - 1}")
         asked = len(rows)
         if asked == 0:  # ONNX Runtime mis-shapes ArgMax over zero rows: score row 0, return nothing
             rows, targets = np.zeros(1, np.int64), np.zeros(1, np.int64)
