@@ -15,6 +15,9 @@
    anchors: faster-whisper's word probability (as 1 - p) and the segment score broadcast to its
    words; AUROC and TPR at 1% FPR, overall and on the mixed case (segments holding both grounded
    and invented words); what word-level suppress removes;
+   With --hardcases DIR, the short training hard cases (generated from DEV train recordings by
+   benchmarks/hardcases.py, at most 30 s) are extracted too (benchmarks/.cache/words-hc-<model>.jsonl)
+   and train beside DEV's train words; validation stays DEV's;
 5. write benchmarks/results/words-score-<model>.{json,md} (+ guard/calibration/words-<model>.json for
    transcribed words, fitted on real words only, and words-verify-<model>.json for the words of a
    verified transcript, fitted on real words plus the generated verify cases).
@@ -27,6 +30,7 @@ import json
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +58,29 @@ WORD_TRANSFORMS = {"word.probability": "logit", "word.attn_speech_mass": "logit"
                    "word.path_frames": "log", "word.speech_distance_s": "log", "word.attn_concentration": "logit"}
 
 
-def extract(corpus: Path, model: str, cache: Path, limit: int | None = None) -> None:
+def extract(manifest: Path, model: str, cache: Path, limit: int | None = None,
+            only: Callable[[dict], bool] | None = None) -> None:
+    """Word features of the manifest's clips that `only` keeps (default: the model's population);
+    resumable cache, a hash-ordered sample when limited."""
     from guard import corpus as runner
     from guard.config import Settings
     from guard.pipeline import Guard
     from guard.results import RequestOptions
 
     guard = Guard(Settings(model=model, max_concurrent=1))
-    for _ in runner.run(guard, corpus / "manifest.jsonl", cache, limit=limit, progress=True,
+    for _ in runner.run(guard, manifest, cache, limit=limit, progress=True,
                         options=RequestOptions(return_features=True, word_timestamps=True),
-                        only=lambda c: in_population(model, c)):
+                        only=only or (lambda c: in_population(model, c))):
         pass
+
+
+HARDCASE_MAX_SECONDS = 30.0  # the short hard cases (every kind but long-form): word extraction is costly
+
+
+def hardcase_train(model: str, clip: dict) -> bool:
+    """A generated hard case (benchmarks/hardcases.py) that may train the word score: built from DEV
+    train recordings only, in the model's population, at most HARDCASE_MAX_SECONDS long."""
+    return clip.get("side") == "train" and clip["duration"] <= HARDCASE_MAX_SECONDS and in_population(model, clip)
 
 
 def in_population(model: str, clip: dict) -> bool:
@@ -356,17 +372,42 @@ def policy_rates(cal: Calibration, val: list[dict], score: np.ndarray, mixed: np
     return out
 
 
-def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, generated: Path | None = None) -> dict:
-    """Two word calibrations: `words-<model>` for transcribed words (fitted on real DEV words only) and
+def hardcase_rows(model: str, hardcases: Path, cache: Path, clips: dict[str, dict], side: dict[str, str],
+                  groups: dict[str, str]) -> list[dict]:
+    """Labelled words of the training hard cases in `cache`. Each hard case joins the group of the
+    DEV speech recording it was built from (the out-of-fold folds never split a recording); one built
+    from a validation recording is an error."""
+    hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl") if hardcase_train(model, c)}
+    done = {json.loads(line)["id"] for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()}
+    hc_clips = {cid: c for cid, c in hc_clips.items() if cid in done}
+    for cid, c in hc_clips.items():
+        sources = [p["from"] for p in c.get("parts") or [] if clips.get(p.get("from"), {}).get("kind") == "speech"]
+        if any(side[src] != "train" for src in sources):
+            raise SystemExit(f"hard case {cid} was built from a validation recording: regenerate the hard cases")
+        groups[cid] = groups[sources[0]] if sources else cid
+    rows = label_words(model, hc_clips, cache)
+    for r in rows:
+        r["source"] = "hardcase"
+    return rows
+
+
+def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, generated: Path | None = None,
+             hardcases: tuple[Path, Path] | None = None) -> dict:
+    """Two word calibrations: `words-<model>` for transcribed words (fitted on real words only) and
     `words-verify-<model>` for the words of a verified transcript (real words plus generated verify
-    cases: there the segment score says little about which words were invented)."""
+    cases: there the segment score says little about which words were invented).
+
+    Real training words are DEV train clips' and, with `hardcases` = (directory, word cache), those of
+    the short training hard cases, treated like DEV train words throughout (fit, selection,
+    thresholds); validation is DEV validation only."""
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
     rows = label_words(model, clips, cache)
     side, groups = split(clips), groups_of(clips)
     gen = generated_rows(clips, generated) if generated else []
     gen_train = [r for r in gen if side[r["id"]] == "train"]
     gen_val = [r for r in gen if side[r["id"]] == "val"]
-    real_train = [r for r in rows if side[r["id"]] == "train"]
+    hc = hardcase_rows(model, *hardcases, clips, side, groups) if hardcases and hardcases[1].exists() else []
+    real_train = [r for r in rows if side[r["id"]] == "train"] + hc
     val = [r for r in rows if side[r["id"]] == "val"]
     features = usable(real_train + gen_train)
     cal, oof = fit_calibration(model, f"words-{model}", real_train, features, groups, generated=False)
@@ -402,6 +443,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, gen
     coef = sorted(zip(cal.features, cal.coef), key=lambda t: -abs(t[1]))
     result = {"model": model, "clips": len({r["id"] for r in rows}), "words": len(rows),
               "generated_train_words": len(gen_train), "generated_val_words": len(gen_val),
+              "hardcase_train_clips": len({r["id"] for r in hc}), "hardcase_train_words": len(hc),
+              "hardcase_train_hallucinated": int(sum(r["label"] for r in hc)),
               "hallucinated_words": int(sum(r["label"] for r in rows)), "train_words": len(real_train),
               "val_words": len(val), "l2": cal.meta["l2"], "shares": cal.meta["shares"],
               "verify_l2": vcal.meta["l2"] if vcal else None, "verify_shares": vcal.meta["shares"] if vcal else None,
@@ -430,7 +473,11 @@ def markdown(r: dict) -> str:
              f"transcript and is fitted on them plus {r.get('generated_train_words', 0)} words of generated verify "
              "cases (a train clip's true transcript + an invented sentence; "
              f"L2 {r.get('verify_l2')}, shares {r.get('verify_shares')}). The validation clips' generated cases "
-             f"({r.get('generated_val_words', 0)} words) are reported on their own row.", "",
+             f"({r.get('generated_val_words', 0)} words) are reported on their own row."
+             + (f" Real train words include {r['hardcase_train_words']} words ({r['hardcase_train_hallucinated']} "
+                f"hallucinated) of {r['hardcase_train_clips']} generated hard cases built from DEV train recordings "
+                "(benchmarks/HARDCASES.md; clips up to 30 s), treated like DEV train words; validation is DEV only."
+                if r.get("hardcase_train_words") else ""), "",
              "| subset | detector | n | hallucinated | AUROC | TPR@1%FPR | TPR@5%FPR |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, dets in r["table"].items():
         for d, s in dets.items():
@@ -473,16 +520,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generate", type=int, default=0, help="also build N verify cases (true text + invented)")
     ap.add_argument("--write-calibration", action="store_true")
     ap.add_argument("--skip-extract", action="store_true", help="fit and report on what the caches hold")
+    ap.add_argument("--hardcases", type=Path, help="generated hard cases (benchmarks/hardcases.py): their short "
+                    "training clips also train the word score")
+    ap.add_argument("--hardcase-limit", type=int, help="extract at most N of them (a hash-ordered sample)")
     args = ap.parse_args(argv)
     cache = HERE / ".cache" / f"words-{args.model}.jsonl"
     generated = HERE / ".cache" / f"words-generated-{args.model}.jsonl"
+    hc_cache = HERE / ".cache" / f"words-hc-{args.model}.jsonl"
     if args.generate and not args.skip_extract:
         generate(args.corpus, args.model, generated, args.generate)
     if not args.skip_extract and (not args.extract_only or not args.generate):
-        extract(args.corpus, args.model, cache, args.limit)
+        extract(args.corpus / "manifest.jsonl", args.model, cache, args.limit)
+    if args.hardcases and not args.skip_extract:
+        extract(args.hardcases / "manifest.jsonl", args.model, hc_cache, args.hardcase_limit,
+                only=lambda c: hardcase_train(args.model, c))
     if args.extract_only:
         return 0
-    result = evaluate(args.model, args.corpus, cache, args.write_calibration, generated)
+    result = evaluate(args.model, args.corpus, cache, args.write_calibration, generated,
+                      (args.hardcases, hc_cache) if args.hardcases else None)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"words-score-{args.model}.json").write_text(json.dumps(result, indent=1, default=float))
     md = markdown(result)

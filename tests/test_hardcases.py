@@ -72,3 +72,29 @@ def test_generate_resumes_and_labels_apply(corpus, tmp_path):
     assert labels[SPEECH_TEXT] == 0
     if clip["duration"] - 1.0 > b + 1.0:  # the tail lies outside the widened interval
         assert labels["Thanks for watching!"] == 1
+
+
+def test_word_training_hard_cases_join_their_recordings_group(corpus, tmp_path):
+    """benchmarks/word_scores.py trains on hard cases from train recordings only: each joins the
+    out-of-fold group of the DEV recording it was built from, and one built from a validation
+    recording is refused."""
+    import word_scores
+
+    from guard.calibrate import groups_of
+    from guard.corpus import read_manifest
+
+    out = tmp_path / "hc"
+    hardcases.generate(corpus, out, limit=1)
+    clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
+    side, groups = split(clips), groups_of(clips)
+    hc = [c for c in hardcases.read(out) if word_scores.hardcase_train("tiny.en", c)]
+    assert hc and all(c["side"] == "train" for c in hc)
+    cache = tmp_path / "words-hc.jsonl"
+    cache.write_text("".join(json.dumps({"id": c["id"], "segments": []}) + "\n" for c in hc))
+    assert word_scores.hardcase_rows("tiny.en", out, cache, clips, side, groups) == []  # no words in this cache
+    for c in hc:
+        source = next(p["from"] for p in c["parts"] if clips.get(p["from"], {}).get("kind") == "speech")
+        assert groups[c["id"]] == groups[source]
+    flipped = {**side, source: "val"}
+    with pytest.raises(SystemExit, match="validation recording"):
+        word_scores.hardcase_rows("tiny.en", out, cache, clips, flipped, groups_of(clips))
