@@ -7,12 +7,12 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from conftest import MUSIC, SPEECH, SPEECH_TEXT
 from prometheus_client import CollectorRegistry
-from upstream_stubs import answer, answer_json, closed_port, hang_up, raw, stub_upstream, verbose
+from upstream_stubs import QuietHandler, answer, answer_json, closed_port, hang_up, raw, stub_upstream, verbose
 
 from guard.config import Settings
 from guard.upstream import (
@@ -135,12 +135,7 @@ def test_connect_failures_are_retried_until_the_upstream_listens():
     port = sock.getsockname()[1]
     received = []
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self):  # noqa: N802
             self.rfile.read(int(self.headers["Content-Length"]))
             received.append(self.path)

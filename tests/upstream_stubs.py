@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,21 +103,26 @@ def verbose(segments: list[tuple[float, float, str]], language: str = "en", dura
                          for i, (s, e, t) in enumerate(segments)]}
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 handler whose access log goes to this module's logger at debug level (pytest shows
+    it with a failing test) instead of stderr."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
+        log.debug("stub upstream %s: " + format, self.address_string(), *args)
+
+
 class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):  # a client that gave up: expected here
-        pass
+    def handle_error(self, request, client_address):
+        """A client that gave up mid-request is expected here: logged at debug, not printed."""
+        log.debug("stub upstream: request from %s ended with an error", client_address, exc_info=True)
 
 
 @contextlib.contextmanager
 def stub_upstream(behaviour: Behaviour) -> Iterator[Stub]:
     stub_ref: list[Stub] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # quiet
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self):  # noqa: N802
             stub = stub_ref[0]
             length = int(self.headers.get("Content-Length", "0"))
