@@ -378,8 +378,6 @@ def hardcase_rows(model: str, hardcases: Path, cache: Path, clips: dict[str, dic
     DEV speech recording it was built from (the out-of-fold folds never split a recording); one built
     from a validation recording is an error."""
     hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl") if hardcase_train(model, c)}
-    done = {json.loads(line)["id"] for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()}
-    hc_clips = {cid: c for cid, c in hc_clips.items() if cid in done}
     for cid, c in hc_clips.items():
         sources = [p["from"] for p in c.get("parts") or [] if clips.get(p.get("from"), {}).get("kind") == "speech"]
         if any(side[src] != "train" for src in sources):

@@ -236,7 +236,7 @@ def _vocab_statistics(b: _Builder, picked: str, targets: str, proj: str, bias: s
     width = b.op("Shape", [logits], start=1, end=2)  # [1] = this chunk's columns
     local = b.op("Sub", [tgt, lo])  # [R, 1]
     inside = b.op("And", [b.op("GreaterOrEqual", [local, zero1]), b.op("Less", [local, width])])
-    picked_t = b.op("GatherElements", [logits, b.op("Where", [inside, local, b.op("Mul", [local, zero1])])], axis=1)
+    picked_t = b.op("GatherElements", [logits, b.op("Where", [inside, local, zero1])], axis=1)
     t_logit = b.op("Squeeze", [b.op("Where", [inside, picked_t, neg_inf]), one])  # [R], -inf off the chunk
     b.op("Squeeze", [m, one], name="chunk_max")
     b.op("Identity", ["chunk_cond_in"], name="chunk_cond_out")
