@@ -485,8 +485,10 @@ def summary(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def extract(out: Path, model: str, cache: Path | None, max_minutes: float | None) -> Path:
-    """Run the generated clips through the guard with features (cached and resumable, like DEV)."""
+def extract(out: Path, model: str, cache: Path | None, max_minutes: float | None, side: str | None = None) -> Path:
+    """Run the generated clips through the guard with features (cached and resumable, like DEV).
+
+    `side`: only the clips of that side ("train": what the fits use first)."""
     from guard import corpus as runner
     from guard.config import Settings
     from guard.pipeline import Guard
@@ -494,9 +496,11 @@ def extract(out: Path, model: str, cache: Path | None, max_minutes: float | None
 
     cache = cache or out / f"{model}-{FEATURE_SET}.jsonl"
     manifest = out / "manifest.jsonl"
-    if model.endswith(".en"):  # an English-only model: the English clips only
-        manifest = out / "manifest-en.jsonl"
-        manifest.write_text("".join(json.dumps(c) + "\n" for c in read(out) if c.get("lang") in ("en", None)))
+    english = model.endswith(".en")  # an English-only model: the English clips only
+    if english or side:
+        manifest = out / f"manifest{'-en' if english else ''}{'-' + side if side else ''}.jsonl"
+        manifest.write_text("".join(json.dumps(c) + "\n" for c in read(out)
+                                    if (not english or c.get("lang") in ("en", None)) and side in (None, c["side"])))
     guard = Guard(Settings(model=model, max_concurrent=1), require_calibration=False)
     t0 = time.perf_counter()
     for _ in runner.run(guard, manifest, cache, options=RequestOptions(return_features=True),
@@ -516,11 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--max-minutes", type=float)
+    ap.add_argument("--side", choices=("train", "val"), help="extract: only this side's clips")
     a = ap.parse_args(argv)
     if a.command == "generate":
         generate(a.corpus, a.out, a.limit)
     elif a.command == "extract":
-        extract(a.out, a.model, a.cache, a.max_minutes)
+        extract(a.out, a.model, a.cache, a.max_minutes, a.side)
     text = summary(a.out)
     print(text)
     return 0

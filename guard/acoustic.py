@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 from faster_whisper.utils import get_assets_path
 from faster_whisper.vad import SileroVADModel
 
@@ -34,6 +33,8 @@ class _Silero(SileroVADModel):
     window then allocates its activations afresh (~60 ms a window instead of ~36 ms on a 2-core host)."""
 
     def __init__(self, path: str):  # replaces SileroVADModel.__init__, which only builds the session
+        import onnxruntime as ort  # as faster-whisper does: imported when a session is built
+
         options = ort.SessionOptions()
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = 1

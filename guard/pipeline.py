@@ -99,7 +99,7 @@ class Guard:
         # transcribe what plain faster-whisper does.
         # Window k is analysed (probe, signature, score) here while CTranslate2 decodes window k+1.
         self.analysis = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="guard-analysis")
-        self.vad = VoiceActivity()
+        self.vad: VoiceActivity | None = None  # built while the first model's weights load (`_load`)
         self.phrases = load_phrases()
         self._on_fallback = on_fallback
         self.bundles: dict[str, Bundle] = {}
@@ -112,9 +112,32 @@ class Guard:
     def _load(self, name: str, *, allow_paths: bool) -> Bundle:
         t0 = time.perf_counter()
         resolved = resolve(name, cache=self.settings.model_cache, allow_paths=allow_paths)
-        transcriber = Transcriber(resolved, self.settings)
+        # CTranslate2 reads and converts its weights without holding the GIL: the larger part of a
+        # start (0.2 s for tiny.en on CPU). The probe session, the VAD and the calibrations are built
+        # meanwhile on this thread, and onnxruntime is first imported here.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-load") as loader:
+            loading = loader.submit(Transcriber, resolved, self.settings)
+            try:
+                bundle = self._load_analysis(resolved, loading)
+            except BaseException:
+                loading.result()  # a model CTranslate2 cannot load reports that first, as it always did
+                raise
+        log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
+                 bundle.transcriber.device, bundle.transcriber.compute_type, bundle.probe.providers[0],
+                 time.perf_counter() - t0)
+        return bundle
+
+    def _load_analysis(self, resolved: ResolvedModel, loading: Future[Transcriber]) -> Bundle:
+        """Everything but CTranslate2's model, which `loading` delivers: the probe, the calibrations,
+        the alignment heads (and the VAD, once per guard)."""
         probe = Probe(resolved.path / "model.bin", device=self.device, threads=self.settings.probe_threads,
                       on_fallback=self._on_fallback, cache=self.settings.model_cache, model_sha=resolved.sha256 or None)
+        if self.vad is None:
+            self.vad = VoiceActivity()
+            # first-use costs of the analysis, paid here rather than on the first window: the BLAS
+            # controller inspects the loaded libraries, numpy.unique imports numpy.ma (~15 ms each)
+            blas.prepare()
+            import numpy.ma  # noqa: F401
         try:
             calibration = scoring.load(resolved.name, self.settings.calibration)
             if not all(0.0 <= calibration.thresholds.get(k, -1.0) <= 1.0 for k in ("flag", "suppress")):
@@ -138,8 +161,7 @@ class Guard:
             heads = alignment.default_alignment_heads(probe.n_layers, probe.dims["heads"])
         word_calibration = _shipped(f"words-{resolved.name}")
         verify_word_calibration = _shipped(f"words-verify-{resolved.name}")
-        log.info("loaded %s from %s on %s/%s, probe on %s in %.1fs", resolved.name, resolved.path,
-                 transcriber.device, transcriber.compute_type, probe.providers[0], time.perf_counter() - t0)
+        transcriber = loading.result()
         return Bundle(resolved.name, resolved, transcriber, probe, calibration, heads, verify_calibration,
                       word_calibration, verify_word_calibration)
 

@@ -15,13 +15,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from guard.errors import ModelError
 from guard.probe import ct2_reader
 from guard.probe.decoder_graph import LOGIT_OUTPUTS, Embedding, build, out_name, pattern_name
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class Probe:
                  model_sha: str | None = None):
         """`cache`: the model cache, where the graph is built once and mapped by ONNX Runtime on
         later starts (`graph_cache`); None builds it in memory."""
+        import onnxruntime as ort  # here, not at import: a start imports it while CTranslate2 loads (guard.pipeline)
+
         if not threads and device != "cuda":
             threads = CPU_DEFAULT_THREADS
         providers: list = ["CPUExecutionProvider"]
@@ -161,6 +166,8 @@ class Probe:
     def _open_cached(self, model_bin: Path, cache: Path, model_sha: str | None, threads: int,
                      providers: list) -> None:
         """The session from the graph cache; on any failure the caller builds in memory."""
+        import onnxruntime as ort
+
         from guard.hash_cache import sha256_cached
         from guard.probe import graph_cache
 
@@ -251,6 +258,8 @@ def session_options(threads: int) -> ort.SessionOptions:
     Intra-op threads do not spin while waiting: the probe shares the cores with CTranslate2 and
     with concurrent requests, and a spinning pool measurably slowed both on a busy 2-core host.
     """
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
