@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from guard import memory
 from guard.config import PolicyMode, Settings
 from guard.errors import GuardError
 from guard.results import Granularity, GuardResult, RequestOptions, TranscriptSegment, word_json
@@ -44,7 +45,9 @@ def settings_from(args: argparse.Namespace, *, one_request: bool = False) -> Set
                                    "calibration": args.calibration}.items() if v is not None}
     if one_request and "WHISPER_GUARD_MAX_CONCURRENT" not in os.environ:
         overrides["max_concurrent"] = 1
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    memory.limit_arenas(settings.malloc_arenas)  # a process setting: before any model's thread starts
+    return settings
 
 
 def _options(args: argparse.Namespace, **extra) -> RequestOptions:

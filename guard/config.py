@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     probe_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for the probe (0 = default)")
     release_memory: bool = Field(True, description="hand freed heap pages back to the OS after each analysed window "
                                  "(glibc malloc_trim): ~25 MB lower peak RSS, ~3% more CPU on long audio")
+    malloc_arenas: int = Field(2, ge=0, description="glibc malloc heaps the CLI and serve allow (mallopt "
+                               "M_ARENA_MAX; 0 = glibc's 8 per core; MALLOC_ARENA_MAX in the environment wins)")
     beam_size: int = Field(5, ge=1, le=16)
     temperatures: list[float] = Field(default_factory=lambda: [0.0], description="fallback ladder; [0.0] = deterministic")
     seed: int = Field(0, description="CTranslate2 sampling seed, used only when the ladder samples")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
+from guard import memory
 from guard.config import Settings
 from guard.serving.core import Serving
 from guard.serving.tls import ServeError, read
@@ -166,6 +167,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ServeError as e:
         print(f"whisper-guard serve: {e}", file=sys.stderr)
         return 2
+    memory.limit_arenas(settings.malloc_arenas)  # a process setting: before the model's and the server's threads
     return serve(settings)
 
 
