@@ -137,9 +137,16 @@ class Runner:
         self.kwargs = decode_kwargs(self.settings)
         self.whisper = self.guard = None
         if with_plain:
+            from concurrent.futures import ThreadPoolExecutor
+
             from faster_whisper import WhisperModel
 
-            self.whisper = WhisperModel(str(self.resolved.path), device=self.device, compute_type=self.compute_type)
+            # constructed on a thread, as the guard loads its own: CTranslate2 decodes a model loaded on
+            # the main thread with fewer cores busy (benchmarks/whole_process.py, "threaded"), which
+            # would flatter the guard; before round 6 both were loaded on the main thread
+            with ThreadPoolExecutor(max_workers=1) as loader:
+                self.whisper = loader.submit(WhisperModel, str(self.resolved.path), device=self.device,
+                                             compute_type=self.compute_type).result()
         if with_guard:
             from guard.pipeline import Guard
 

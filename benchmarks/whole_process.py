@@ -13,6 +13,11 @@ ratios; absolute seconds on a shared host are only indicative):
   same    the same script with the guard's decoding (`temperature=[0.0]`, `no_speech_threshold=None`:
           never skips): what the guard transcribes, so (guard - same) is the guard's own cost and
           (same - plain) the share of the gap that comes from decoding differently
+  threaded  `same`, with the model loaded on a short-lived thread, as the guard loads it
+          (`--load-on-thread`). On a 2-core host, CTranslate2 decodes a model it loaded on the main
+          thread with ~1.3 cores busy and one loaded on another thread with ~1.9: tiny.en over the
+          211 s file 14.8 -> 7.9 s of transcribe (round 6). So (guard - threaded) is the guard's own cost
+          against the best plain faster-whisper that this host allows
   guard   `whisper-guard transcribe FILE [--model base]`
 
 Wall time around the child, CPU time (user + system) and peak RSS (`ru_maxrss`) from `os.wait4`:
@@ -45,9 +50,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SR = 16000
-VARIANTS = ("plain", "same", "guard")
+VARIANTS = ("plain", "same", "threaded", "guard")
 LABELS = {"plain": "plain faster-whisper (defaults)", "same": "plain, guard's decoding (no skip)",
-          "guard": "whisper-guard transcribe"}
+          "threaded": "plain, guard's decoding, model loaded on a thread", "guard": "whisper-guard transcribe"}
 
 
 # ---------------------------------------------------------------- inputs
@@ -146,7 +151,8 @@ def commands(model: str, model_dir: str, path: str) -> dict[str, list[str]]:
     guard = [str(Path(sys.executable).with_name("whisper-guard")), "transcribe", path, "--json"]
     if model != "tiny.en":
         guard += ["--model", model]
-    return {"plain": plain, "same": plain + ["--same-as-guard"], "guard": guard}
+    return {"plain": plain, "same": plain + ["--same-as-guard"],
+            "threaded": plain + ["--same-as-guard", "--load-on-thread"], "guard": guard}
 
 
 def _text_of(variant: str, run: dict) -> str:
@@ -199,6 +205,12 @@ def bench(model: str, model_dir: str, inputs: dict[str, dict], repeats: int, var
                 "wall": med([a["wall"] / b["wall"] for a, b in zip(runs["guard"], runs["same"])]),
                 "cpu": med([a["cpu"] / b["cpu"] for a, b in zip(runs["guard"], runs["same"])]),
                 "peak_rss": med([a["peak_mb"] / b["peak_mb"] for a, b in zip(runs["guard"], runs["same"])])}
+            if "threaded" in variants:
+                row["guard_over_threaded"] = {
+                    k2: med([a[m] / b[m] for a, b in zip(runs["guard"], runs["threaded"])])
+                    for k2, m in (("wall", "wall"), ("cpu", "cpu"), ("peak_rss", "peak_mb"))}
+                row["guard_over_threaded"]["wall_minus_s"] = med(
+                    [a["wall"] - b["wall"] for a, b in zip(runs["guard"], runs["threaded"])])
             gap = [g["wall"] - p["wall"] for g, p in zip(runs["guard"], runs["plain"])]
             decoding = [s["wall"] - p["wall"] for s, p in zip(runs["same"], runs["plain"])]
             row["gap_share_from_decoding"] = med(decoding) / med(gap) if med(gap) > 0 else None
@@ -213,7 +225,7 @@ def bench(model: str, model_dir: str, inputs: dict[str, dict], repeats: int, var
 
 def markdown(r: dict) -> str:
     lines = [f"# Whole-process overhead: {r['model']} on cpu (int8)", "",
-             f"{r['repeats']} repeats per input, the three processes interleaved in a rotating order; medians. "
+             f"{r['repeats']} repeats per input, the {len(r['variants'])} processes interleaved in a rotating order; medians. "
              "Ratios are medians of per-repeat paired ratios (the host is shared: trust the ratios, not the "
              "absolute seconds). Peak RSS is `ru_maxrss` of the child from `os.wait4`.", "",
              "Commands: " + "; ".join(f"{v}: `{c}`" for v, c in r["commands"].items()), "",
@@ -228,14 +240,17 @@ def markdown(r: dict) -> str:
                          f"{m['peak_rss_mb']:.0f} | {win} | "
                          + (f"**{ratio['wall']:.3f}** | {ratio['cpu']:.3f} | {ratio['peak_rss']:.2f} |" if ratio
                             else "1 | 1 | 1 |"))
-    lines += ["", "| input | guard - plain wall s | guard / same wall | share of the gap from decoding (same - plain) "
-              "| guard text = same | guard text = plain |", "|---|---:|---:|---:|---|---|"]
+    lines += ["", "| input | guard - plain wall s | guard / same wall | guard / threaded wall, CPU, RSS (guard - threaded s) "
+              "| share of the gap from decoding (same - plain) | guard text = same | guard text = plain |",
+              "|---|---:|---:|---:|---:|---|---|"]
     for name, row in r["inputs"].items():
         if "guard_over_same" not in row:
             continue
         share = row["gap_share_from_decoding"]
+        t = row.get("guard_over_threaded")
+        threaded = (f"{t['wall']:.3f}, {t['cpu']:.3f}, {t['peak_rss']:.2f} ({t['wall_minus_s']:+.2f})" if t else "")
         lines.append(f"| {name} | {row['guard_over_plain']['wall_minus_plain_s']:+.2f} | "
-                     f"{row['guard_over_same']['wall']:.3f} | {'n/a' if share is None else f'{share:.0%}'} | "
+                     f"{row['guard_over_same']['wall']:.3f} | {threaded} | {'n/a' if share is None else f'{share:.0%}'} | "
                      f"{'yes' if row['guard_text_equals_same'] else 'no'} | "
                      f"{'yes' if row['guard_text_equals_plain'] else 'no'} |")
     lines += ["", "Inputs: " + "; ".join(f"{n}: {row['seconds']:.1f} s from {row['origin']} "
