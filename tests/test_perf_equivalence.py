@@ -48,6 +48,9 @@ STAT_ATOL = STAT_RTOL = 1e-5  # log-probabilities and entropies (nats)
 # shipped calibration is steeper, what the two paths' own feature differences move it by through
 # that calibration (`score_movement_bound`), whichever is larger; the features stay held to their
 # tolerances below, and each score must be its calibration applied to the features it returned.
+# Tree calibrations (tiny.en since round 4) are step functions: where a split threshold lies between
+# the two paths' values of a feature, the score moves by a whole leaf (seen: 1.1e-5 on a fixture),
+# and the bound is the score range over the box the two feature rows span.
 SCORE_ATOL = 5e-6
 REF_LOGITS = "reference.logits"  # [R, V]
 
@@ -392,17 +395,64 @@ def test_vad_session_gives_faster_whispers_probabilities(guard, load_audio):
 
 
 # ---------------------------------------------------------------- end to end: scores do not move
+def tree_logit_range(cal, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+    """The least and the largest logit gradient-boosted trees (guard.score_trees) give to any row
+    whose features lie in the box lo <= x <= hi: each tree walks every branch the box reaches (a
+    split at t sends x <= t left) and adds its smallest and its largest reachable leaf."""
+    low = high = float(cal.base)
+    for root in cal.roots:
+        leaves, stack = [], [int(root)]
+        while stack:
+            node = stack.pop()
+            f = int(cal.feature[node])
+            if f < 0:
+                leaves.append(float(cal.value[node]))
+                continue
+            if lo[f] <= cal.threshold[node]:
+                stack.append(int(cal.left[node]))
+            if hi[f] > cal.threshold[node]:
+                stack.append(int(cal.right[node]))
+        low, high = low + min(leaves), high + max(leaves)
+    return low, high
+
+
 def score_movement_bound(cal, fa: dict, fb: dict) -> float:
-    """The most a logistic calibration's score can differ between two feature rows: |logit a -
-    logit b| <= sum_j |c_j| |z_a,j - z_b,j| (standardised, clipped features), and the score's slope
-    p(1 - p) is at most its larger endpoint value (0.25 when the two straddle 0.5), plus 1% slack."""
-    if not hasattr(cal, "coef"):  # gradient-boosted trees (guard.score_trees): no such bound; SCORE_ATOL holds
-        return 0.0
+    """The most the calibration's score can differ between two feature rows.
+
+    Logistic: |logit a - logit b| <= sum_j |c_j| |z_a,j - z_b,j| (standardised, clipped features),
+    and the score's slope p(1 - p) is at most its larger endpoint value (0.25 when the two straddle
+    0.5), plus 1% slack. Trees: a score is a step function of the features, so two rows a feature
+    tolerance apart move by a whole leaf where a split threshold lies between them; the bound is the
+    score range over the box the two rows span (`tree_logit_range`), 0 when no split does."""
+    if not hasattr(cal, "coef"):
+        x = cal.matrix([fa, fb])
+        low, high = tree_logit_range(cal, x.min(axis=0), x.max(axis=0))
+        return 1.0 / (1.0 + np.exp(-high)) - 1.0 / (1.0 + np.exp(-low))
     za, zb = cal.expand(cal.design([fa])), cal.expand(cal.design([fb]))
     dlogit = float(np.abs(cal.coef) @ np.abs(za - zb)[0])
     pa, pb = (float(p) for p in cal.score([fa, fb]))
     slope = 0.25 if (pa - 0.5) * (pb - 0.5) <= 0 else max(pa * (1 - pa), pb * (1 - pb))
     return 1.01 * slope * dlogit
+
+
+def test_tree_score_movement_bound_is_zero_inside_a_leaf_and_covers_a_crossed_split():
+    from guard.score_trees import from_lightgbm
+
+    dump = {"tree_info": [{"tree_structure": {
+        "split_index": 0, "split_feature": 0, "threshold": 1.0, "decision_type": "<=", "internal_value": 0.1,
+        "left_child": {"leaf_index": 0, "leaf_value": -1.0},
+        "right_child": {"split_index": 1, "split_feature": 1, "threshold": 0.5, "decision_type": "<=",
+                        "internal_value": 0.8, "left_child": {"leaf_index": 1, "leaf_value": 0.5},
+                        "right_child": {"leaf_index": 2, "leaf_value": 2.0}}}}]}
+    cal = from_lightgbm("toy", dump, ["a", "b"], np.zeros(2), {"flag": 0.5, "suppress": 0.9})
+    same_leaf = ({"a": 2.0, "b": 0.10}, {"a": 2.0 + 1e-6, "b": 0.10 + 1e-6})
+    assert score_movement_bound(cal, *same_leaf) == 0.0
+    crossed = ({"a": 2.0, "b": 0.5}, {"a": 2.0, "b": 0.5 + 1e-6})  # b's split sits between them
+    moved = abs(float(cal.score([crossed[0]])[0] - cal.score([crossed[1]])[0]))
+    assert moved > 0 and score_movement_bound(cal, *crossed) == pytest.approx(moved)
+    both = ({"a": 1.0, "b": 0.5}, {"a": 1.0 + 1e-6, "b": 0.5 + 1e-6})  # every leaf is reachable
+    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    assert score_movement_bound(cal, *both) == pytest.approx(s(2.0) - s(-1.0))
 
 
 def test_score_movement_bound_holds_and_is_tight_for_one_feature():
