@@ -192,25 +192,22 @@ def bench(model: str, model_dir: str, inputs: dict[str, dict], repeats: int, var
                       "wall_per_repeat": [r["wall"] for r in runs[v]]}
             if (w := _windows_of(runs[v][0])) is not None:
                 row[v].update(w)
+        def paired(v: str, base: str, minus: str | None = None) -> dict:
+            """Medians of the per-repeat ratios v / base (and of v - base wall seconds, as `minus`)."""
+            pairs = list(zip(runs[v], runs[base]))
+            out = {key: med([a[m] / b[m] for a, b in pairs])
+                   for key, m in (("wall", "wall"), ("cpu", "cpu"), ("peak_rss", "peak_mb"))}
+            if minus:
+                out[minus] = med([a["wall"] - b["wall"] for a, b in pairs])
+            return out
+
         for v in variants:
-            if v == "plain":
-                continue
-            row[f"{v}_over_plain"] = {
-                "wall": med([a["wall"] / b["wall"] for a, b in zip(runs[v], runs["plain"])]),
-                "cpu": med([a["cpu"] / b["cpu"] for a, b in zip(runs[v], runs["plain"])]),
-                "peak_rss": med([a["peak_mb"] / b["peak_mb"] for a, b in zip(runs[v], runs["plain"])]),
-                "wall_minus_plain_s": med([a["wall"] - b["wall"] for a, b in zip(runs[v], runs["plain"])])}
+            if v != "plain":
+                row[f"{v}_over_plain"] = paired(v, "plain", "wall_minus_plain_s")
         if "same" in variants:
-            row["guard_over_same"] = {
-                "wall": med([a["wall"] / b["wall"] for a, b in zip(runs["guard"], runs["same"])]),
-                "cpu": med([a["cpu"] / b["cpu"] for a, b in zip(runs["guard"], runs["same"])]),
-                "peak_rss": med([a["peak_mb"] / b["peak_mb"] for a, b in zip(runs["guard"], runs["same"])])}
+            row["guard_over_same"] = paired("guard", "same")
             if "threaded" in variants:
-                row["guard_over_threaded"] = {
-                    k2: med([a[m] / b[m] for a, b in zip(runs["guard"], runs["threaded"])])
-                    for k2, m in (("wall", "wall"), ("cpu", "cpu"), ("peak_rss", "peak_mb"))}
-                row["guard_over_threaded"]["wall_minus_s"] = med(
-                    [a["wall"] - b["wall"] for a, b in zip(runs["guard"], runs["threaded"])])
+                row["guard_over_threaded"] = paired("guard", "threaded", "wall_minus_s")
             gap = [g["wall"] - p["wall"] for g, p in zip(runs["guard"], runs["plain"])]
             decoding = [s["wall"] - p["wall"] for s, p in zip(runs["same"], runs["plain"])]
             row["gap_share_from_decoding"] = med(decoding) / med(gap) if med(gap) > 0 else None

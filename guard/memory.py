@@ -17,7 +17,7 @@ more minor page faults, +0.6 s of system CPU on ~18 s (+3.5%), for a peak 582-59
 environment variable MALLOC_ARENA_MAX does). glibc gives threads up to 8 per core: CTranslate2's,
 ONNX Runtime's, the analysis thread and the loader each allocate in their own, and each heap keeps
 its own free pages. The CLI and `serve` cap them at `Settings.malloc_arenas` (2) before any of
-those threads starts: tiny.en over 211 s, peak RSS median 530 -> 504 MB over 6 paired runs.
+those threads starts: tiny.en over 211 s, peak RSS median 529 -> 512 MB (4 interleaved runs each).
 
 Not glibc (musl, macOS): `release()` and `limit_arenas()` do nothing.
 """
@@ -32,22 +32,15 @@ M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def _glibc(name: str, *argtypes):
+    """The C library's function `name` (returning int), looked up once; None where the C library
+    cannot be loaded or has none (not glibc)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
         return None
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, looked up once; None where the C library has none."""
-    try:
-        trim = _libc().malloc_trim
-    except AttributeError:  # not glibc (or no C library found)
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    function.argtypes, function.restype = list(argtypes), ctypes.c_int
+    return function
 
 
 def limit_arenas(n: int) -> bool:
@@ -57,17 +50,13 @@ def limit_arenas(n: int) -> bool:
     set in the environment: the operator's value stands."""
     if n <= 0 or "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        mallopt = _libc().mallopt
-    except AttributeError:
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_ARENA_MAX, n) == 1
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and mallopt(M_ARENA_MAX, n) == 1
 
 
 def release() -> bool:
     """Return the heaps' free pages to the OS; False where the C library cannot."""
-    trim = _malloc_trim()
+    trim = _glibc("malloc_trim", ctypes.c_size_t)
     if trim is None:
         return False
     trim(0)
