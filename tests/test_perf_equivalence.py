@@ -388,10 +388,18 @@ def test_vad_session_gives_faster_whispers_probabilities(guard, load_audio):
     from faster_whisper.utils import get_assets_path
     from faster_whisper.vad import SileroVADModel
 
+    from guard.acoustic import VAD_BATCH
+
     plain = SileroVADModel(f"{get_assets_path()}/silero_vad_v6.onnx")
     audio = load_audio(LONG)[: 30 * 16000]
     clip = np.pad(audio, (0, (-len(audio)) % 512)).astype(np.float32)
-    np.testing.assert_array_equal(guard.vad.model(clip), plain(clip))
+    assert len(clip) // 512 > 5 * VAD_BATCH  # the guard's batches: several runs carrying state
+    for n in (len(clip) // 512, 1, VAD_BATCH, VAD_BATCH + 1):
+        part = clip[: n * 512]
+        given = part.copy()
+        got = guard.vad.model(part)
+        np.testing.assert_array_equal(part, given)  # the caller's audio is not written to
+        np.testing.assert_array_equal(got, plain(part.copy()))
 
 
 # ---------------------------------------------------------------- end to end: scores do not move
