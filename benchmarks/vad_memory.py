@@ -33,8 +33,9 @@ WINDOW = 30 * 16000
 
 def _window() -> tuple[np.ndarray, str]:
     from guard.audio import decode_file
+    from guard.corpus import bench_dir
 
-    bench = ROOT.parent / "shared" / "bench"
+    bench = bench_dir()
     manifest = bench / "manifest.jsonl"
     if manifest.is_file():
         rows = sorted((json.loads(x) for x in manifest.read_text().splitlines() if x.strip()), key=lambda r: r["id"])
