@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from whole_process import _peak_self_mb as peak_rss_mb  # VmHWM of this process, MB
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,10 +47,6 @@ def _window() -> tuple[np.ndarray, str]:
     return decode_file(f, max_seconds=600)[:WINDOW], f"tests/fixtures/{f.name}"
 
 
-def _status(key: str) -> int:
-    return next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key))
-
-
 def child(batch: int, threads: int, windows: int) -> dict:
     from guard import acoustic
 
@@ -57,7 +54,7 @@ def child(batch: int, threads: int, windows: int) -> dict:
     audio, source = _window()
     vad = acoustic.VoiceActivity()
     vad.evidence(audio[:16000])  # the session's first run, outside the measurement
-    before = _status("VmHWM:")
+    before = peak_rss_mb()
 
     def work() -> None:
         for _ in range(windows):
@@ -71,7 +68,7 @@ def child(batch: int, threads: int, windows: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     return {"batch": batch, "threads": threads, "windows": windows, "source": source,
-            "peak_rss_growth_mb": (_status("VmHWM:") - before) / 1024, "ms_per_window": wall / (threads * windows) * 1e3}
+            "peak_rss_growth_mb": peak_rss_mb() - before, "ms_per_window": wall / (threads * windows) * 1e3}
 
 
 def same_probabilities() -> bool:
@@ -80,9 +77,12 @@ def same_probabilities() -> bool:
     audio, _ = _window()
     vad = acoustic.VoiceActivity()
     clip = np.pad(audio, (0, (-len(audio)) % acoustic.VAD_CHUNK)).astype(np.float32)
-    ours = vad.model(clip)
+    ours, batch = vad.model(clip), acoustic.VAD_BATCH
     acoustic.VAD_BATCH = FASTER_WHISPER_BATCH
-    theirs = vad.model(clip)
+    try:
+        theirs = vad.model(clip)
+    finally:
+        acoustic.VAD_BATCH = batch
     return bool(np.array_equal(ours, theirs))
 
 
