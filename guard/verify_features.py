@@ -10,7 +10,9 @@ cased or not, punctuated or not, "fifty" or "50". Two things here make the score
   where they do not, the normalised given words are. The text fed to the probe is then a function
   of the normalised words and the audio only, so every style of one transcript scores the same.
 - per segment, agreement with the decode (share of the given words the decode also wrote, words
-  the decode heard inside the segment that the text leaves out, character similarity), none of
+  the decode heard inside the segment that the text leaves out, words it heard right before or
+  after the segment that no given segment holds, the longest stretch of given words the decode did
+  not write and of decoded words the text lacks, character similarity), none of
   which grows with length: a one-word answer is judged by whether Whisper hears that word.
 
 `logprob_features` sets the teacher-forced log-prob against the decode's own best path.
@@ -58,6 +60,14 @@ def _restyle(words: list[str]) -> str:
     return text[:1].upper() + text[1:] + ("." if text[-1:].isalnum() else "") if text else text
 
 
+def _longest_false_run(flags: list[bool]) -> int:
+    best = run = 0
+    for f in flags:
+        run = 0 if f else run + 1
+        best = max(best, run)
+    return best
+
+
 def align_window(given: list[str], own_text: str, language: str | None) -> list[Aligned]:
     """Canonical text and agreement features for each given segment of one window.
 
@@ -80,11 +90,15 @@ def align_window(given: list[str], own_text: str, language: str | None) -> list[
     pieces: list[list[tuple[str, str]]] = [[] for _ in given]  # per segment: (kind, text)
     matched = [0] * len(given)
     missing = [0] * len(given)
+    edge = [0] * len(given)  # decoded words next to a segment's first or last word, in no segment
+    missing_run = [0] * len(given)  # the longest such stretch of decoded words (inside or at an edge)
+    agrees = [False] * len(g_words)  # given word i is one the decode also wrote
     own_of = [[] for _ in given]  # own word indices aligned to each segment
     for tag, i1, i2, j1, j2 in ops:
         if tag == "equal":
             for i, j in zip(range(i1, i2), range(j1, j2)):
                 k = seg_of[i]
+                agrees[i] = True
                 matched[k] += 1
                 own_of[k].append(j)
                 if not pieces[k] or pieces[k][-1] != ("own", o_surface[j]):
@@ -93,7 +107,13 @@ def align_window(given: list[str], own_text: str, language: str | None) -> list[
             inside = [k for k, (lo, hi) in enumerate(lo_hi) if lo < i1 < hi]
             for k in inside:
                 missing[k] += j2 - j1
+                missing_run[k] = max(missing_run[k], j2 - j1)
                 own_of[k] += list(range(j1, j2))
+            if not inside:  # before a segment's first word or after its last: both neighbours
+                for k, (lo, hi) in enumerate(lo_hi):
+                    if hi > lo and i1 in (lo, hi):
+                        edge[k] += j2 - j1
+                        missing_run[k] = max(missing_run[k], j2 - j1)
         else:  # replace / delete: given words the decode did not write
             for i in range(i1, i2):
                 pieces[seg_of[i]].append(("given", g_words[i]))
@@ -119,6 +139,9 @@ def align_window(given: list[str], own_text: str, language: str | None) -> list[
             "verify.own_match_share": matched[k] / n if n else 0.0,
             "verify.own_unmatched_words": float(n - matched[k]),
             "verify.own_missing_words": float(missing[k]),
+            "verify.own_missing_edge_words": float(edge[k]),
+            "verify.own_missing_run": float(missing_run[k]),
+            "verify.own_unmatched_run": float(_longest_false_run(agrees[lo:hi])),
             "verify.own_char_similarity": float(sim),
             "verify.own_exact": float(n > 0 and matched[k] == n and missing[k] == 0),
             "verify.own_words_window": float(len(o_words)),

@@ -54,9 +54,33 @@ def test_unmatched_words_are_normalised_so_styles_still_agree():
 def test_an_appended_sentence_and_a_dropped_phrase_show_in_the_agreement():
     appended = align_window([SPEECH_TEXT + " Thanks for watching, see you next time!"], OWN, "en")[0]
     assert appended.features["verify.own_unmatched_words"] >= 6
+    assert appended.features["verify.own_unmatched_run"] >= 6  # one stretch, not scattered words
     dropped = align_window(["That agent is already logged on. Please enter the pound key."], OWN, "en")[0]
     assert dropped.features["verify.own_missing_words"] >= 4
+    assert dropped.features["verify.own_missing_run"] == dropped.features["verify.own_missing_words"]
     assert dropped.features["verify.own_match_share"] == 1.0
+
+
+def test_scattered_substitutions_are_short_runs():
+    a = align_window(["That agent is all ready logged in. Please enter your agent member followed by the pound key."],
+                     OWN, "en")[0]
+    assert a.features["verify.own_unmatched_words"] >= 3
+    assert a.features["verify.own_unmatched_run"] <= 2
+
+
+@pytest.mark.parametrize("given", ["Please enter your agent number followed by the pound key.",
+                                   "That agent is already logged on. Please enter your agent number"])
+def test_a_phrase_dropped_at_either_end_shows_as_edge_words(given):
+    [a] = align_window([given], OWN, "en")
+    assert a.features["verify.own_missing_words"] == 0.0  # nothing is missing between its words
+    assert a.features["verify.own_missing_edge_words"] >= 4
+    [whole] = align_window([SPEECH_TEXT], OWN, "en")
+    assert whole.features["verify.own_missing_edge_words"] == 0.0
+
+
+def test_edge_words_between_two_segments_count_for_both():
+    first, second = align_window(["That agent is already logged on.", "followed by the pound key"], OWN, "en")
+    assert first.features["verify.own_missing_edge_words"] == second.features["verify.own_missing_edge_words"] == 5  # "please enter your agent number"
 
 
 def test_segments_of_one_window_are_aligned_together():
