@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from guard import hash_cache, models
 from guard.errors import ModelError, UnknownModel
 from guard.probe import ct2_reader
+from guard.probe.decoder_graph import Embedding
 
 
 def test_tiny_en_resolves_from_its_package_with_pinned_sha(tmp_path):
@@ -157,6 +160,40 @@ def test_reader_parses_dtypes_scales_and_aliases():
 def test_reader_reads_the_real_tiny_en(tmp_path):
     mb = ct2_reader.read(models.resolve("tiny.en", cache=tmp_path).path / "model.bin")
     assert mb.spec == "WhisperSpec" and mb.get("decoder/embeddings/weight").shape == (51864, 384)
+
+
+def _embedding_bin(table: np.ndarray, dtype: int, scale: np.ndarray | None = None) -> bytes:
+    positions = np.linspace(-1, 1, 6 * table.shape[1], dtype=np.float32).reshape(6, table.shape[1])
+    body = [_var("decoder/embeddings/weight", table, dtype)]
+    if scale is not None:
+        body.append(_var("decoder/embeddings/weight_scale", scale, 0))
+    body.append(_var("decoder/position_encodings/encodings", positions, 0))
+    return (struct.pack("<I", 6) + _string("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", len(body))
+            + b"".join(body) + struct.pack("<I", 0))
+
+
+@pytest.mark.parametrize("kind", ["float16", "int8", "float32"])
+def test_the_probes_embedding_reads_rows_from_the_file_as_the_mapping_would(tmp_path, kind):
+    rng = np.random.default_rng(7)
+    table = rng.normal(size=(50, 8))
+    scale = None
+    if kind == "int8":
+        table, scale, dtype = (table * 40).astype(np.int8), rng.uniform(20, 60, 50).astype(np.float32), 1
+    else:
+        table, dtype = table.astype(kind), {"float16": 4, "float32": 0}[kind]
+    path = tmp_path / "model.bin"
+    path.write_bytes(_embedding_bin(table, dtype, scale))
+    tokens = np.array([3, 49, 0, 3, 17])  # a repeated token, both ends of the table
+    from_file = Embedding(ct2_reader.read(path), path=path)
+    assert str(path) not in Path("/proc/self/maps").read_text()  # nothing of the file stays mapped
+    rows = from_file(tokens)
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, Embedding(ct2_reader.read(path))(tokens))
+    gc.collect()  # the mapped reference's mapping is gone before the file is rewritten
+    with open(path, "r+b") as f:  # cut short under the probe: a clear error, not garbage rows
+        f.truncate(from_file._offset + 2 * table.shape[1] * table.itemsize)
+    with pytest.raises(ModelError, match="changed or was truncated"):
+        from_file(tokens)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,17 @@ class ModelBin:
     variables: dict[str, np.ndarray]  # views into the file where possible
     dtypes: dict[str, int]
     aliases: dict[str, str]
+    offsets: dict[str, int] = field(default_factory=dict)  # byte offset of each variable's data in the file
 
     def get(self, name: str) -> np.ndarray:
         return self.variables[self.aliases.get(name, name)]
 
     def has(self, name: str) -> bool:
         return self.aliases.get(name, name) in self.variables
+
+    def scale_name(self, key: str) -> str:
+        """The per-row scale of a quantized variable."""
+        return key[: -len("weight")] + "weight_scale" if key.endswith("weight") else key + "_scale"
 
     def float32(self, name: str) -> np.ndarray:
         """The variable as float32, dequantized when stored as int8/int16 with a scale."""
@@ -46,7 +51,7 @@ class ModelBin:
         if dtype == 5:
             return (value.astype(np.uint32) << 16).view(np.float32)
         if dtype in (1, 2):
-            scale_name = key + "_scale" if not key.endswith("weight") else key[: -len("weight")] + "weight_scale"
+            scale_name = self.scale_name(key)
             if scale_name not in self.variables:
                 raise ModelError(f"quantized variable {key} has no {scale_name}")
             scale = self.float32(scale_name)
@@ -97,7 +102,7 @@ def parse(buf, name: str = "model.bin") -> ModelBin:
         raise ModelError(f"{name}: unsupported CTranslate2 binary version {version} (expected 5 or 6)")
     spec, revision = c.string(), c.u32()
     count = c.u32()
-    variables, dtypes = {}, {}
+    variables, dtypes, offsets = {}, {}, {}
     for _ in range(count):
         var = c.string()
         rank = c.u8()
@@ -112,6 +117,7 @@ def parse(buf, name: str = "model.bin") -> ModelBin:
         expected = math.prod(dims) * np_dtype.itemsize  # Python ints: no int64 overflow to 0
         if nbytes != expected:
             raise ModelError(f"{name}: variable {var} declares {nbytes} bytes, shape {dims} needs {expected}")
+        offsets[var] = c.pos
         data = c.take(nbytes)
         try:
             variables[var] = np.frombuffer(data, dtype=np_dtype).reshape(dims)
@@ -123,7 +129,7 @@ def parse(buf, name: str = "model.bin") -> ModelBin:
         for _ in range(c.u32()):
             alias = c.string()
             aliases[alias] = c.string()
-    return ModelBin(version, spec, revision, variables, dtypes, aliases)
+    return ModelBin(version, spec, revision, variables, dtypes, aliases, offsets)
 
 
 def read(path: str | Path) -> ModelBin:

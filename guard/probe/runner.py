@@ -146,8 +146,8 @@ class Probe:
             options.add_external_initializers(list(self._weights), list(self._weights.values()))
             self.session = ort.InferenceSession(graph.model.SerializeToString(), options, providers=providers)
             del graph
-        # a fresh mapping: only the embedding rows a window uses become resident
-        self.embedding = Embedding(ct2_reader.read(model_bin))
+        # rows read from the file as needed; the mapping read here is closed when `__init__` returns
+        self.embedding = Embedding(ct2_reader.read(model_bin), path=model_bin)
         self.providers = self.session.get_providers()
         if providers[0] != "CPUExecutionProvider" and self.providers[0] != "CUDAExecutionProvider":
             log.warning("probe: the CUDA provider failed to start; running on CPU")
