@@ -495,7 +495,9 @@ def test_guard_scores_on_the_fixtures_are_unchanged(guard, load_audio, monkeypat
         for sa, sb in zip(a.segments, b.segments):
             for seg in (sa, sb):
                 assert seg.score == pytest.approx(float(cal.score([seg.features])[0]), abs=1e-12)
-            allowed = max(SCORE_ATOL, score_movement_bound(cal, sa.features, sb.features))
+            # + 1e-12: where a tree's split lies between the two rows the score moves by exactly the
+            # bound, and the two differences of sigmoids can round apart in the last bit (seen: 3e-19)
+            allowed = max(SCORE_ATOL, score_movement_bound(cal, sa.features, sb.features) + 1e-12)
             assert sa.score == pytest.approx(sb.score, abs=allowed), (clip.name, sa.segment.text)
             assert sa.verdict == sb.verdict
             for k, v in sb.features.items():
