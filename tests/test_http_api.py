@@ -464,7 +464,9 @@ def test_a_client_that_goes_away_frees_its_place_and_stops_the_work(guard):
     closed after its first event): the server sees the disconnect, the pipeline stops, the place
     is freed and the call counts as CANCELLED."""
     with running_http(guard, max_concurrent=1, max_queued=0) as srv:
-        long = wav_bytes(pcm16(SPEECH_THEN_MUSIC) * 2)
+        # ~290 s of audio: several seconds of work on any CPU, so the call is still running when the
+        # client's 2 s timeout fires (72 s took ~2 s on a fast host and finished before it was cancelled)
+        long = wav_bytes(pcm16(SPEECH_THEN_MUSIC) * 8)
         def freed(cancelled: int) -> None:
             deadline = time.monotonic() + 90
             while srv.serving.admission.admitted or sample_value(

@@ -54,7 +54,10 @@ def test_speech_comes_through_unchanged_in_every_format(proxy, peer):
     assert raw.headers["x-whisper-guard-upstream-model"] == "whisper-1"
     v = raw.parse()
     assert norm(v.text) == norm(up.text) == norm(SPEECH_TEXT)
-    assert [(s.start, s.end, s.text) for s in v.segments] == [(s.start, s.end, s.text) for s in up.segments]
+    # the guard writes times to the millisecond (guard/transports/http/formats.py); the upstream's
+    # floats can carry binary noise (2.2800000000000002 from one CPU's decode, 2.28 from another's)
+    assert [(s.start, s.end, s.text) for s in v.segments] == \
+        [(round(s.start, 3), round(s.end, 3), s.text) for s in up.segments]
     body = json.loads(raw.text)
     assert body["guard"]["source"] == {"kind": "upstream", "upstream": peer.base_url, "model": "whisper-1",
                                        "upstream_seconds": body["guard"]["source"]["upstream_seconds"]}
@@ -65,7 +68,8 @@ def test_speech_comes_through_unchanged_in_every_format(proxy, peer):
     text = transcribe(client, SPEECH, response_format="text", extra_body=SUPPRESS).text
     assert norm(text) == norm(SPEECH_TEXT)
     srt = transcribe(client, SPEECH, response_format="srt").text
-    assert "-->" in srt and norm(SPEECH_TEXT) in norm(srt)
+    cues = " ".join(line for line in srt.splitlines() if "-->" not in line and not line.strip().isdigit())
+    assert "-->" in srt and norm(cues) == norm(SPEECH_TEXT)  # one cue or several, as the decode splits it
 
 
 def test_nonspeech_hallucination_is_suppressed(proxy, peer):
