@@ -156,7 +156,7 @@ def _external(name: str, value: np.ndarray) -> onnx.TensorProto:
 @dataclass
 class DecoderGraph:
     model: onnx.ModelProto  # no large weights inside: see `initializers`
-    initializers: dict[str, np.ndarray]  # name -> weight (float32; a float16 projection as stored), by reference
+    initializers: dict[str, np.ndarray]  # name -> weight (float32, or float16 as stored), by reference
     dims: dict
     embedding: Embedding
 
