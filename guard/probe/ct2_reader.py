@@ -46,10 +46,7 @@ class ModelBin:
         """The variable as float32, dequantized when stored as int8/int16 with a scale."""
         key = self.aliases.get(name, name)
         value, dtype = self.variables[key], self.dtypes[key]
-        if dtype in (0, 4):
-            return value.astype(np.float32)
-        if dtype == 5:
-            return (value.astype(np.uint32) << 16).view(np.float32)
+        scale = None
         if dtype in (1, 2):
             scale_name = self.scale_name(key)
             if scale_name not in self.variables:
@@ -57,9 +54,18 @@ class ModelBin:
             scale = self.float32(scale_name)
             if scale.size != 1 and (value.ndim == 0 or scale.size != value.shape[0]):
                 raise ModelError(f"quantized variable {key} has {scale.size} scales for shape {list(value.shape)}")
-            scale = scale.reshape(-1, *([1] * (value.ndim - 1))) if scale.ndim else scale
-            return value.astype(np.float32) / scale
-        return value.astype(np.float32)
+        return to_float32(value, dtype, scale)
+
+
+def to_float32(value: np.ndarray, dtype: int, scale: np.ndarray | None = None) -> np.ndarray:
+    """Stored values as float32: exact for float16 and bfloat16; int8/int16 divided by `scale`, one
+    per leading index of `value` or a single one."""
+    if dtype == 5:
+        return (value.astype(np.uint32) << 16).view(np.float32)
+    if dtype in (1, 2):
+        scale = scale.reshape(()) if scale.size == 1 else scale.reshape(-1, *([1] * (value.ndim - 1)))
+        return value.astype(np.float32) / scale
+    return value.astype(np.float32)
 
 
 class _Cursor:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from guard.errors import ModelError
-from guard.probe.ct2_reader import ModelBin
+from guard.probe.ct2_reader import ModelBin, to_float32
 
 OPSET = 17
 EPS = 1e-5
@@ -132,15 +132,10 @@ class Embedding:
         return np.frombuffer(raw, self._stored).reshape(len(unique), self.d_model)[inverse.reshape(-1)]
 
     def _rows_float32(self, index: np.ndarray) -> np.ndarray:
-        rows = self._stored_rows(index)
-        if self._dtype in (0, 4):
-            return rows.astype(np.float32)
-        if self._dtype == 5:
-            return (rows.astype(np.uint32) << 16).view(np.float32)
-        if self._dtype in (1, 2):
-            scale = self._scale
-            return rows.astype(np.float32) / (scale.reshape(-1, 1)[index] if scale.size > 1 else scale[0])
-        return rows.astype(np.float32)
+        scale = self._scale
+        if scale is not None and scale.size > 1:
+            scale = scale[index]  # the rows' own scales
+        return to_float32(self._stored_rows(index), self._dtype, scale)
 
 
 def _external(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -222,7 +217,7 @@ class _Builder:
         """A matrix input: float32 as a plain initializer; float16 (with `late`) kept float16 and cast
         in the graph once `late` exists (see the module doc: the cast is exact)."""
         if late is None or w.dtype != np.float16:
-            return self.const(name, w.astype(np.float32) if w.dtype == np.float16 else w)
+            return self.const(name, w.astype(np.float32, copy=False))
         w16 = self.const(name, np.ascontiguousarray(w))
         view = self.op("Slice", [w16, late, "c.int64_max", "c.zero1"])  # starts depend on the layer's input
         return self.op("Cast", [view], to=TensorProto.FLOAT)
