@@ -184,6 +184,15 @@ class Runner:
 
         self.guard._words = timed
 
+    def meta(self) -> dict:
+        """What the report says about this runner's models (the guard's half only where it has one)."""
+        out = {"device": self.device, "compute_type": self.compute_type, "kwargs": self.kwargs}
+        if self.guard is not None:
+            probe = self.bundle.probe
+            out.update(neutral_calibration=self.neutral_calibration,
+                       probe=probe.describe() if hasattr(probe, "describe") else {"providers": probe.providers})
+        return out
+
     def run(self, variant: str, audio: np.ndarray) -> dict:
         if variant in ("guard", "words"):
             from guard.results import RequestOptions
@@ -235,14 +244,103 @@ def measure_rss(model: str, device: str, seconds: float) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- one process per model
+ROLE = {"plain": "plain", "hst": "plain", "guard": "guard", "words": "guard"}
+
+
+def _serve(conn, model: str, device: str, role: str, blas_threads: int) -> None:
+    """A worker process: one Runner half (plain faster-whisper or the guard), timing calls on request."""
+    try:
+        np.seterr(all="ignore")
+        if blas_threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(blas_threads, user_api="blas")
+        runner = Runner(model, device, with_guard=role == "guard", with_plain=role == "plain")
+        conn.send(("ready", runner.meta()))
+        clips: dict[str, np.ndarray] = {}
+        while True:
+            msg = conn.recv()
+            if msg[0] == "stop":
+                return
+            if msg[0] == "clip":
+                clips[msg[1]] = msg[2]
+                continue
+            gc.collect()
+            conn.send(("result", runner.run(msg[1], clips[msg[2]])))
+    except BaseException:  # noqa: BLE001  (reported to the parent, which raises)
+        import traceback
+
+        conn.send(("error", traceback.format_exc()))
+
+
+class Workers:
+    """Plain faster-whisper and the guard, each warm in its own process, driven from this one.
+
+    Not one process for both: CTranslate2 runs on libgomp, and libgomp stops spin-waiting at its
+    barriers (it "throttles" to a short spin) once the process holds more OpenMP threads than
+    CPUs. Two loaded models that have both decoded hold two teams of threads (4 on a 2-core host),
+    and from then on every decode in the process, plain's and the guard's, runs with fewer cores
+    busy: base over 150 s, plain alone 8.4-9.3 s, the same call after the guard's model had
+    decoded once 13.7-14.2 s (round 9; `--one-process` keeps the old set-up to show it). A user's
+    process holds one model, so each variant here does too. Timings (wall, process CPU) are taken
+    inside the worker, around the call, as before."""
+
+    def __init__(self, model: str, device: str, variants: tuple[str, ...], clips: list[Clip], blas_threads: int = 0):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs, self.meta = {}, {}, {}
+        for role in dict.fromkeys(ROLE[v] for v in variants):  # loaded one after the other
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, model, device, role, blas_threads), daemon=True)
+            proc.start()
+            self.conns[role], self.procs[role] = parent, proc
+            self.meta[role] = self._reply(role, "ready")
+            for clip in clips:
+                parent.send(("clip", clip.name, clip.audio))
+
+    def _reply(self, role: str, kind: str):
+        got, value = self.conns[role].recv()
+        if got == "error":
+            raise RuntimeError(f"the {role} worker failed:\n{value}")
+        assert got == kind, got
+        return value
+
+    def run(self, variant: str, clip: Clip) -> dict:
+        role = ROLE[variant]
+        self.conns[role].send(("run", variant, clip.name))
+        return self._reply(role, "result")
+
+    def close(self) -> None:
+        for role, conn in self.conns.items():
+            conn.send(("stop",))
+            self.procs[role].join(timeout=30)
+
+
+class OneProcess:
+    """Both halves in this process (the set-up before round 9; see `Workers` for why it misleads)."""
+
+    def __init__(self, model: str, device: str):
+        self.runner = Runner(model, device)
+        meta = self.runner.meta()
+        self.meta = {"plain": meta, "guard": meta}
+
+    def run(self, variant: str, clip: Clip) -> dict:
+        gc.collect()
+        return self.runner.run(variant, clip.audio)
+
+    def close(self) -> None:
+        pass
+
+
 # ---------------------------------------------------------------- the run
 def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_seconds: float | None,
-                words: bool = False) -> dict:
+                words: bool = False, one_process: bool = False, blas_threads: int = 0) -> dict:
     variants = VARIANTS + (("words",) if words else ())
-    runner = Runner(model, device)
-    warm = clips[0].audio
+    runner = OneProcess(model, device) if one_process else Workers(model, device, variants, clips, blas_threads)
     for v in variants:  # first calls pay lazy initialisation
-        runner.run(v, warm)
+        runner.run(v, clips[0])
     runs: dict[str, dict[str, list[dict]]] = {c.name: {v: [] for v in variants} for c in clips}
     k = 0
     load_before = os.getloadavg()
@@ -252,13 +350,14 @@ def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_se
             order = variants[k % len(variants):] + variants[:k % len(variants)]
             k += 1
             for v in order:
-                gc.collect()
-                runs[clip.name][v].append(runner.run(v, clip.audio))
+                runs[clip.name][v].append(runner.run(v, clip))
             print(f"[{model}] rep {rep + 1}/{repeats} {clip.name} ({clip.seconds:.0f} s): " + "  ".join(
                 f"{v} {runs[clip.name][v][-1]['wall']:.2f}s" for v in variants), file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - t_start
-    report = summarise(model, runner, clips, runs, repeats, variants)
-    report["run"] = {"elapsed_seconds": elapsed, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    runner.close()
+    report = summarise(model, runner.meta, clips, runs, repeats, variants)
+    report["run"] = {"elapsed_seconds": elapsed, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                     "processes": "one (both models)" if one_process else "one per model (plain, guard)"}
     if rss_seconds:
         del runner
         gc.collect()
@@ -266,7 +365,7 @@ def bench_model(model: str, device: str, clips: list[Clip], repeats: int, rss_se
     return report
 
 
-def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats: int,
+def summarise(model: str, meta: dict[str, dict], clips: list[Clip], runs: dict, repeats: int,
               variants: tuple[str, ...]) -> dict:
     med = lambda xs: float(statistics.median(xs))  # noqa: E731
     others = [v for v in variants if v != "plain"]
@@ -321,14 +420,14 @@ def summarise(model: str, runner: Runner, clips: list[Clip], runs: dict, repeats
     import faster_whisper
     import onnxruntime as ort
 
-    probe = runner.bundle.probe
+    g = meta["guard"]
     return {
-        "model": model, "device": runner.device, "resolved_device": runner.device,
-        "compute_type": runner.compute_type, "repeats": repeats, "variants": list(variants),
-        "hst_seconds": HST_SECONDS, "baseline_kwargs": runner.kwargs,
-        "neutral_calibration": runner.neutral_calibration,  # features are computed either way
-        "probe": probe.describe() if hasattr(probe, "describe") else {"providers": probe.providers},
-        "ct2": {"device": runner.device, "compute_type": runner.compute_type, "cpu_threads": "default"},
+        "model": model, "device": g["device"], "resolved_device": g["device"],
+        "compute_type": g["compute_type"], "repeats": repeats, "variants": list(variants),
+        "hst_seconds": HST_SECONDS, "baseline_kwargs": meta["plain"]["kwargs"],
+        "neutral_calibration": g["neutral_calibration"],  # features are computed either way
+        "probe": g["probe"],
+        "ct2": {"device": g["device"], "compute_type": g["compute_type"], "cpu_threads": "default"},
         "blas": _blas_info(),
         "versions": {
             "ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
@@ -372,7 +471,7 @@ def markdown(r: dict) -> str:
              f"{r['repeats']} repeats, variants interleaved per clip in rotating order; medians. Ratios are medians "
              "of per-repeat paired ratios. (b) = faster-whisper with `hallucination_silence_threshold="
              f"{r['hst_seconds']}` and word timestamps. Probe on {r['probe']['providers'][0]}; numpy BLAS: "
-             f"{blas or 'unknown'}.", "",
+             f"{blas or 'unknown'}. Processes: {r.get('run', {}).get('processes', 'one (both models)')}.", "",
              "| clips | audio s | " + " | ".join(f"{LABELS[v]} s" for v in variants) + " | "
              + " | ".join(f"{LABELS[v][:4].strip()}/(a)" for v in others) + " | RTF (a) | RTF (c) |",
              "|---|---:|" + "---:|" * (len(variants) + len(others) + 2)]
@@ -473,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --whole-process: where the input WAV files are written")
     p.add_argument("--inputs", default="long,speech,clip1s", help="with --whole-process: which inputs")
     p.add_argument("--words", action="store_true", help="add (d): the guard with word timestamps on")
+    p.add_argument("--one-process", action="store_true",
+                   help="both models in this process, as before round 9 (libgomp then throttles both: see Workers)")
     p.add_argument("--rss-child", choices=VARIANTS, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     models = a.model or ["tiny.en", "base"]
@@ -490,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     print("clips: " + ", ".join(f"{c.name} {c.seconds:.1f}s" for c in clips), file=sys.stderr)
     findings = json.loads(a.findings.read_text()) if a.findings else {}
     for model in models:
-        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None, a.words)
+        report = bench_model(model, a.device, clips, a.repeats, a.rss_seconds or None, a.words,
+                             one_process=a.one_process, blas_threads=a.blas_threads)
         stem = write(report, a.out, findings.get(model, []), a.suffix)
         print(markdown(report))
         print(f"wrote {stem}.json/.md/.png", file=sys.stderr)
