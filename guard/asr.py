@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ctranslate2
 import numpy as np
@@ -81,24 +80,6 @@ class DecodeState:
 CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads when given 0
 
 
-def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
-    """CPUs this process may run on: its affinity, capped by a CFS quota (a container's or a pod's
-    `limits.cpu`, cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`), rounded up."""
-    cpus = len(os.sched_getaffinity(0))
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
-        try:
-            fields = Path(cgroup_root, quota_file).read_text().split()
-            if period_file:
-                fields.append(Path(cgroup_root, period_file).read_text().strip())
-            quota, period = fields[0], int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if quota not in ("max", "-1") and int(quota) > 0 and period > 0:
-            return max(1, min(cpus, -(-int(quota) // period)))
-        break
-    return cpus
-
-
 def ct2_layout(device: str, cpu_threads: int, max_concurrent: int, cpus: int | None = None) -> tuple[int, int]:
     """(intra-op threads per worker, workers) for CTranslate2.
 
@@ -109,9 +90,8 @@ def ct2_layout(device: str, cpu_threads: int, max_concurrent: int, cpus: int | N
     workers (what `max_concurrent=2` used to ask for) 1.08-1.18 s a request once both had run, and
     no faster for two requests at once (1.36 s for both either way; round 9). So with
     `cpu_threads=0` the guard keeps CTranslate2's default threads per worker (capped at the CPUs
-    this process may run on, `usable_cpus`) and as many workers, up to `max_concurrent`, as fit
-    beside each other; requests beyond them wait in CTranslate2's queue while the guard's
-    analysis of others runs.
+    this process may run on) and as many workers, up to `max_concurrent`, as fit beside each other;
+    requests beyond them wait in CTranslate2's queue while the guard's analysis of others runs.
     The trade (`benchmarks/load.py`, tiny.en, one pass each): one request at a time p50 0.62 ->
     0.44 s, but four at once 75 -> 61 audio s per s, because two throttled workers still overlap
     their decodes. An explicit `cpu_threads` is taken as given, with `max_concurrent` workers
@@ -119,7 +99,7 @@ def ct2_layout(device: str, cpu_threads: int, max_concurrent: int, cpus: int | N
     `max_concurrent` of them."""
     if device != "cpu" or cpu_threads:
         return cpu_threads, max_concurrent
-    cpus = cpus or usable_cpus()
+    cpus = cpus or len(os.sched_getaffinity(0))
     threads = min(CT2_DEFAULT_THREADS, cpus)
     return threads, max(1, min(max_concurrent, cpus // threads))
 
@@ -133,11 +113,11 @@ class Transcriber:
         self.compute_type = settings.resolved_compute_type(self.device)
         self.settings = settings
         self.cpu_threads, self.workers = ct2_layout(self.device, settings.cpu_threads, settings.max_concurrent)
-        if self.device == "cpu" and self.cpu_threads * self.workers > usable_cpus():
+        if self.device == "cpu" and self.cpu_threads * self.workers > len(os.sched_getaffinity(0)):
             log.warning("cpu_threads=%d x %d workers is more OpenMP threads than this process's %d CPUs: "
                         "libgomp then spins less and each decode runs slower (concurrent requests may still "
                         "get more throughput; cpu_threads=0 chooses a layout that fits)", self.cpu_threads,
-                        self.workers, usable_cpus())
+                        self.workers, len(os.sched_getaffinity(0)))
         self.whisper = WhisperModel(str(resolved.path), device=self.device, compute_type=self.compute_type,
                                     cpu_threads=self.cpu_threads, num_workers=self.workers)
         self.ct2 = self.whisper.model

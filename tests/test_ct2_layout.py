@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import SPEECH
 
-from guard.asr import CT2_DEFAULT_THREADS, DecodeState, Transcriber, ct2_layout, usable_cpus
+from guard.asr import CT2_DEFAULT_THREADS, DecodeState, Transcriber, ct2_layout
 from guard.audio import decode_file
 from guard.config import Settings
 from guard.models import resolve
@@ -58,23 +58,3 @@ def test_the_loaded_model_gets_the_layout_and_queues_requests_beyond_it():
     with ThreadPoolExecutor(3) as pool:  # more requests than workers: they wait, none is lost or mixed
         together = list(pool.map(lambda _: text(), range(3)))
     assert alone.strip() and together == [alone] * 3
-
-
-@pytest.mark.parametrize("files, expected", [
-    ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, limits.cpu: 2
-    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
-    ({"cpu.max": "max 100000\n"}, None),  # no quota
-    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-    ({}, None),  # no cgroup files readable
-])
-def test_usable_cpus_reads_a_cfs_quota(tmp_path, files, expected):
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    affinity = len(os.sched_getaffinity(0))
-    assert usable_cpus(str(tmp_path)) == (affinity if expected is None else min(affinity, expected))
-
-
-def test_usable_cpus_here_is_within_the_affinity():
-    assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
