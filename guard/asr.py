@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -77,33 +76,6 @@ class DecodeState:
     language: str | None = None
 
 
-CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads when given 0
-
-
-def ct2_layout(device: str, cpu_threads: int, max_concurrent: int, cpus: int | None = None) -> tuple[int, int]:
-    """(intra-op threads per worker, workers) for CTranslate2.
-
-    On CPU, CTranslate2 runs each worker's ops on its own GNU OpenMP team. Once the process holds
-    more OpenMP threads than it may use CPUs, libgomp stops spin-waiting at its barriers (a short,
-    "throttled" spin) and every decode in the process runs with fewer cores busy. On the 2-core
-    host, tiny.en over the 36 s fixture: one worker of 2 threads 0.57-0.67 s a request; two
-    workers (what `max_concurrent=2` used to ask for) 1.08-1.18 s a request once both had run, and
-    no faster for two requests at once (1.36 s for both either way; round 9). So with
-    `cpu_threads=0` the guard keeps CTranslate2's default threads per worker (capped at the CPUs
-    this process may run on) and as many workers, up to `max_concurrent`, as fit beside each other;
-    requests beyond them wait in CTranslate2's queue while the guard's analysis of others runs.
-    The trade (`benchmarks/load.py`, tiny.en, one pass each): one request at a time p50 0.62 ->
-    0.44 s, but four at once 75 -> 61 audio s per s, because two throttled workers still overlap
-    their decodes. An explicit `cpu_threads` is taken as given, with `max_concurrent` workers
-    (`cpu_threads=2` restores two workers on 2 cores). GPU workers run on CUDA streams:
-    `max_concurrent` of them."""
-    if device != "cpu" or cpu_threads:
-        return cpu_threads, max_concurrent
-    cpus = cpus or len(os.sched_getaffinity(0))
-    threads = min(CT2_DEFAULT_THREADS, cpus)
-    return threads, max(1, min(max_concurrent, cpus // threads))
-
-
 class Transcriber:
     """A loaded faster-whisper model plus the windowed decoding loop."""
 
@@ -112,14 +84,8 @@ class Transcriber:
         self.device = settings.resolved_device()
         self.compute_type = settings.resolved_compute_type(self.device)
         self.settings = settings
-        self.cpu_threads, self.workers = ct2_layout(self.device, settings.cpu_threads, settings.max_concurrent)
-        if self.device == "cpu" and self.cpu_threads * self.workers > len(os.sched_getaffinity(0)):
-            log.warning("cpu_threads=%d x %d workers is more OpenMP threads than this process's %d CPUs: "
-                        "libgomp then spins less and each decode runs slower (concurrent requests may still "
-                        "get more throughput; cpu_threads=0 chooses a layout that fits)", self.cpu_threads,
-                        self.workers, len(os.sched_getaffinity(0)))
         self.whisper = WhisperModel(str(resolved.path), device=self.device, compute_type=self.compute_type,
-                                    cpu_threads=self.cpu_threads, num_workers=self.workers)
+                                    cpu_threads=settings.cpu_threads, num_workers=settings.max_concurrent)
         self.ct2 = self.whisper.model
         self.multilingual = self.ct2.is_multilingual
         self.encode_calls = 0  # windows encoded since load (the probe must add none)
