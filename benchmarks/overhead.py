@@ -9,7 +9,9 @@ benchmarks/results/whole-<model>-cpu.{json,md}.
 
 For every model, three variants run on the same clips (5 s speech prompts, ~30 s mixtures and a
 few minutes of mixtures and speech concatenated), interleaved clip by clip in a rotating order
-(a b c, b c a, c a b, ...) so that a noisy, shared machine slows all of them alike:
+(a b c, b c a, c a b, ...) so that a noisy, shared machine slows all of them alike. Plain
+faster-whisper and the guard each stay warm in a worker process of their own (`Workers`: two
+models in one process make libgomp throttle both):
 
   (a) plain    `WhisperModel.transcribe` with the guard's own decoding settings (see `decode_kwargs`)
   (b) hst      the same plus faster-whisper's `hallucination_silence_threshold` (word timestamps on)
