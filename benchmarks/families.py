@@ -30,12 +30,6 @@ COMMON = dict(objective="binary", bagging_fraction=0.8, bagging_freq=1, feature_
               use_missing=False, deterministic=True, force_row_wise=True, seed=20261201, num_threads=1, verbose=-1)
 
 
-def quality(y: np.ndarray, s: np.ndarray) -> float:
-    ok = np.isfinite(s)
-    y, s = y[ok], s[ok]
-    return evaluation.auroc(y, s) + (evaluation.tpr_at_fpr(y, s, 0.01) + evaluation.tpr_at_fpr(y, s, 0.05)) / 2
-
-
 def raw_matrix(rows: list[dict], features: list[str]) -> np.ndarray:
     return np.array([[r["features"].get(f, np.nan) for f in features] for r in rows], dtype=np.float64).reshape(
         len(rows), len(features))
@@ -97,7 +91,7 @@ def fit_family_on_split(model: str, rows: list[dict], side: dict[str, str], grou
             l2, oofs[fam] = choose_l2(model, train, features, groups)
         else:
             oofs[fam] = trees_oof(train, features, groups, GRID[fam])
-        cv[fam] = quality(y_train, oofs[fam])
+        cv[fam] = evaluation.selection_quality(y_train, oofs[fam])
     best_trees = max((f for f in cv if f != "logistic"), key=cv.get, default=None)
     chosen = "logistic"
     if best_trees and ("logistic" not in cv or cv[best_trees] >= cv["logistic"] + TREES_MARGIN):

@@ -54,10 +54,7 @@ def add_window_relative(rows: list[dict]) -> list[str]:
 def cv_quality(model: str, train: list[dict], features: list[str], groups: dict[str, str]) -> dict:
     features = calibrate.usable_features(train, features)
     l2, oof = calibrate.choose_l2(model, train, features, groups)
-    y = np.array([r["label"] for r in train])
-    ok = np.isfinite(oof)
-    quality = evaluation.auroc(y[ok], oof[ok]) + (evaluation.tpr_at_fpr(y[ok], oof[ok], 0.01)
-                                                  + evaluation.tpr_at_fpr(y[ok], oof[ok], 0.05)) / 2
+    quality = evaluation.selection_quality(np.array([r["label"] for r in train]), oof)
     return {"l2": l2, "quality": float(quality), "n_features": len(features)}
 
 

@@ -119,10 +119,6 @@ def fold_ids(rows: list[dict], groups: dict[str, str]) -> np.ndarray:
     return np.array([fold_of[groups[r["id"]]] for r in rows])
 
 
-def quality(y, s) -> float:  # the criterion of guard.calibrate.choose_l2
-    return evaluation.auroc(y, s) + (evaluation.tpr_at_fpr(y, s, 0.01) + evaluation.tpr_at_fpr(y, s, 0.05)) / 2
-
-
 def cv(kind: str, x: np.ndarray, y: np.ndarray, fold: np.ndarray, sp: np.ndarray,
        dev: np.ndarray) -> dict:
     """Grouped CV at each grid point; report the best (scored on DEV train rows; generated rows only train)."""
@@ -136,7 +132,7 @@ def cv(kind: str, x: np.ndarray, y: np.ndarray, fold: np.ndarray, sp: np.ndarray
                 continue
             oof[te] = fit_predict(kind, x[tr], y[tr], x[te], l2)
         m = dev & np.isfinite(oof)
-        q = quality(y[m], oof[m])
+        q = evaluation.selection_quality(y[m], oof[m])
         if best is None or q > best["quality"]:
             best = {"l2": l2, "quality": q, "auroc": evaluation.auroc(y[m], oof[m]),
                     "tpr1": evaluation.tpr_at_fpr(y[m], oof[m], 0.01),

@@ -130,9 +130,7 @@ def choose_l2(model: str, rows: list[dict], features: list[str], groups: dict[st
     best, best_l2, best_oof = -np.inf, L2_GRID[0], np.zeros(len(rows))
     for l2 in L2_GRID:
         scores = out_of_fold(model, rows, features, groups, l2, folds, transforms)
-        ok = np.isfinite(scores)
-        quality = evaluation.auroc(y[ok], scores[ok]) + (evaluation.tpr_at_fpr(y[ok], scores[ok], 0.01) +
-                                                          evaluation.tpr_at_fpr(y[ok], scores[ok], 0.05)) / 2
+        quality = evaluation.selection_quality(y, scores)
         if quality > best:
             best, best_l2, best_oof = quality, l2, scores
     return best_l2, best_oof
