@@ -130,3 +130,13 @@ def test_shipped_calibrations_load_and_have_thresholds():
             raise
         assert 0.0 < cal.thresholds["flag"] <= cal.thresholds["suppress"] <= 1.0
         assert cal.meta["fit"]["val"]["auroc"] > 0.9
+
+
+def test_selection_quality_is_auroc_plus_mean_low_fpr_tpr_over_scored_rows():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    s = rng.random(400) + 0.4 * y
+    expected = evaluation.auroc(y, s) + (evaluation.tpr_at_fpr(y, s, 0.01) + evaluation.tpr_at_fpr(y, s, 0.05)) / 2
+    assert evaluation.selection_quality(y, s) == expected
+    unscored = np.concatenate([s, [np.nan, np.inf]])
+    assert evaluation.selection_quality(np.concatenate([y, [1, 0]]), unscored) == expected
