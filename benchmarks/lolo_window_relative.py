@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"lolo-window-relative-{a.model}"
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=1, default=float))
-    stem.with_suffix(".md").write_text(md)
+    Path(f"{stem}.json").write_text(json.dumps(out, indent=1, default=float))  # not with_suffix: a model name may hold a dot
+    Path(f"{stem}.md").write_text(md)
     print(f"wrote {stem}.json/.md", file=sys.stderr)
     return 0
 
