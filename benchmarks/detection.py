@@ -253,10 +253,10 @@ def science(model: str, val: list[dict]) -> dict:
     return out
 
 
-def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, hardcases: Path | None = None,
-             hc_cache: Path | None = None, ship: str = "no-encoder") -> dict:
-    from guard.pipeline import load_phrases
-
+def population(model: str, corpus: Path, cache: Path, hardcases: Path | None = None,
+               hc_cache: Path | None = None) -> tuple[list[dict], list[dict], dict, dict[str, str], dict[str, str]]:
+    """The labelled rows of the fits: DEV rows (an English-only model: English and non-speech only), the
+    generated hard cases' rows, the extraction info per DEV clip, each clip's side and its group."""
     clips = {c["id"]: c for c in read_manifest(corpus / "manifest.jsonl")}
     info: dict = {}
     rows = load_rows(cache, clips, info)
@@ -275,6 +275,14 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
             groups[cid] = cid
     for k, r in enumerate(rows + hc_rows):
         r["_key"] = k
+    return rows, hc_rows, info, side, groups
+
+
+def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, hardcases: Path | None = None,
+             hc_cache: Path | None = None, ship: str = "no-encoder") -> dict:
+    from guard.pipeline import load_phrases
+
+    rows, hc_rows, info, side, groups = population(model, corpus, cache, hardcases, hc_cache)
     fit_rows = rows + [r for r in hc_rows if side[r["id"]] == "train"]  # hard cases only ever train
     all_features = sorted({k for r in rows for k in r["features"] if not k.startswith("baseline.")})
     v1_features = [f for f in all_features if not any(m in f for m in NEW_MARKERS)]
