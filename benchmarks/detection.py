@@ -318,7 +318,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
         result_hc = {name: {d: evaluation.summary(yh[m], s[m]) for d, s in hdet.items()}
                      for name, m in masks.items() if m.sum() > 0}
     lolo = None if model.endswith(".en") else leave_one_language_out(
-        model, rows, side, groups, [f for f in all_features if not f.startswith("encoder.output.")])
+        model, rows, side, groups, [f for f in all_features if not f.startswith("encoder.output.")], hc_rows)
     policy = policy_numbers(val, shipped_fit.val_scores, shipped_fit.calibration.thresholds)
     shipped_policy = policy_numbers(val, np.array([r["score"] for r in val]), shipped_thresholds(model))
     baseline_policy = policy_numbers(val, base_fit.val_scores, base_fit.calibration.thresholds)
@@ -367,24 +367,30 @@ LOLO_LANGS = ("es", "fr", "it", "nl")
 
 
 def leave_one_language_out(model: str, rows: list[dict], side: dict[str, str], groups: dict[str, str],
-                           features: list[str]) -> dict:
+                           features: list[str], hardcase_rows: list[dict] = ()) -> dict:
     """Issue 10 item 5 (multilingual models): fit on the train side without language L (English, the other
     three, non-speech), then test on every clip of L (it never trained) plus the validation non-speech
     clips. The left-out language's grounded segments flagged at the fit's default threshold (from its
-    own train out-of-fold scores), and AUROC."""
+    own train out-of-fold scores), and AUROC.
+
+    `hardcase_rows`: generated clips; those of the train side whose speech is not in L join the fit
+    (a clip built from L's recordings never does), and none is tested."""
     out = {}
     lang_by_id = {r["id"]: r["lang"] for r in rows}
+    hc_lang = {r["id"]: r["lang"] for r in hardcase_rows}
     for lang in LOLO_LANGS:
         held = {r["id"] for r in rows if r["lang"] == lang}
         if not held:
             continue
         lside = {}
         for cid, s in side.items():
-            if cid in held or (s == "val" and cid in lang_by_id and lang_by_id[cid] is None):
+            if cid in hc_lang:
+                lside[cid] = "train" if s == "train" and hc_lang[cid] != lang else "out"
+            elif cid in held or (s == "val" and cid in lang_by_id and lang_by_id[cid] is None):
                 lside[cid] = "val"
             else:
                 lside[cid] = "train" if s == "train" and lang_by_id.get(cid) != lang else "out"
-        fitted = fit_on_split(model, rows, lside, groups, features)
+        fitted = fit_on_split(model, rows + list(hardcase_rows), lside, groups, features)
         test = [r for r in rows if lside[r["id"]] == "val"]
         y = np.array([r["label"] for r in test])
         s = fitted.val_scores
@@ -450,7 +456,9 @@ def markdown(result: dict) -> str:
         lines += ["## Leave one language out (logistic, signature without encoder geometry)", "",
                   "Fit on the train side without the language (English, the other three, non-speech); tested on every "
                   "clip of the language plus the validation non-speech clips; threshold from the fit's own train "
-                  "out-of-fold scores.", "",
+                  "out-of-fold scores." + (" Generated hard cases of the train side join each fit, except those built "
+                                           "from the left-out language's recordings."
+                                           if result.get("hardcase_segments", {}).get("train") else ""), "",
                   "| left out | clips | segments (grounded / hallucinated) | grounded flagged at the default | "
                   "AUROC (with non-speech) | AUROC within the language |", "|---|---|---|---|---|---|"]
         for lang, m in result["leave_one_language_out"].items():
