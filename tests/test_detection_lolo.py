@@ -69,3 +69,25 @@ def test_hard_cases_join_each_fit_except_the_left_out_language(population, monke
         assert 0 <= m["grounded_flagged"] <= m["grounded"]
         assert m["auroc"] > 0.8  # "f" separates the synthetic labels
 
+
+
+def test_each_fit_can_be_the_shipped_family(population):
+    """`fit=`: the benchmark passes the shipped candidate's family (LightGBM trees when CV chose them); every
+    left-out language is then scored by that family's fit, with its own train out-of-fold threshold."""
+    import families
+
+    rows, hc, side, groups = population
+    used = []
+
+    def trees(*a):
+        fitted = families.fit_family_on_split(*a, families=("trees 4 leaves x 400",))[0]
+        used.append(fitted.report["family"])
+        return fitted
+
+    out = detection.leave_one_language_out("base", rows, side, groups, ["f", "g"], hc, fit=trees)
+    assert used == ["trees 4 leaves x 400"] * len(detection.LOLO_LANGS)
+    logistic = detection.leave_one_language_out("base", rows, side, groups, ["f", "g"], hc)
+    for lang in detection.LOLO_LANGS:
+        assert out[lang]["segments"] == logistic[lang]["segments"]  # the same test clips
+        assert out[lang]["threshold"] != logistic[lang]["threshold"]  # but another model's threshold
+        assert out[lang]["auroc"] > 0.8
