@@ -295,23 +295,24 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
                             transforms=dict.fromkeys(BASELINE_FEATURES, "identity"))
     conf_fit = fit_on_split(model, fit_rows, side, groups, CONFIDENCE_FEATURES)
     val = [r for r in rows if side[r["id"]] == "val"]
+    hc_val = [r for r in hc_rows if side[r["id"]] == "val"]
     y = np.array([r["label"] for r in val])
+    shipped_val, shipped_thr = shipped_scores(model, val)  # read before --write-calibration replaces the file
     detectors = {GUARD: guard_fit.val_scores, GUARD_NOENC: noenc_fit.val_scores,
                  "whisper-guard (signature v1, refit)": v1_fit.val_scores,
-                 "whisper-guard (shipped calibration)": np.array([r["score"] for r in val]),
+                 "whisper-guard (shipped calibration)": shipped_val,
                  BASELINE: base_fit.val_scores, "confidence-only model": conf_fit.val_scores,
                  **anchor_scores(val, load_phrases())}
     table = {name: {d: evaluation.summary(y[m], s[m]) for d, s in detectors.items()}
              for name, m in strata(val).items() if m.sum() > 0}
     result_hc = None
-    hc_val = [r for r in hc_rows if side[r["id"]] == "val"]
     if hc_val:
         yh = np.array([r["label"] for r in hc_val])
         hdet = {}
         for name, fitted in ((GUARD, guard_fit), (GUARD_NOENC, noenc_fit), ("whisper-guard (signature v1, refit)", v1_fit),
                              (BASELINE, base_fit), ("confidence-only model", conf_fit)):
             hdet[name] = fitted.calibration.score([r["features"] for r in hc_val])
-        hdet["whisper-guard (shipped calibration)"] = np.array([r["score"] for r in hc_val])
+        hdet["whisper-guard (shipped calibration)"] = shipped_scores(model, hc_val)[0]
         masks = {"all hard-case validation": np.ones(len(hc_val), bool),
                  **{f"hardcase:{c}": np.array([r["category"] == c for r in hc_val])
                     for c in sorted({r["category"] for r in hc_val})}}
@@ -326,7 +327,7 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
             model, rows, side, groups, noenc_features, hc_rows,
             fit=lambda *a: families.fit_family_on_split(*a, families=(family,))[0])
     policy = policy_numbers(val, shipped_fit.val_scores, shipped_fit.calibration.thresholds)
-    shipped_policy = policy_numbers(val, np.array([r["score"] for r in val]), shipped_thresholds(model))
+    shipped_policy = policy_numbers(val, shipped_val, shipped_thr)
     baseline_policy = policy_numbers(val, base_fit.val_scores, base_fit.calibration.thresholds)
     timings = defaultdict(float)
     audio = 0.0
@@ -431,10 +432,15 @@ def _lolo_table(lolo: dict, family: str, hardcases: bool) -> list[str]:
     return lines + [""]
 
 
-def shipped_thresholds(model: str) -> dict[str, float]:
+def shipped_scores(model: str, rows: list[dict]) -> tuple[np.ndarray, dict[str, float]]:
+    """The calibration on disk now (guard/calibration/<model>.json), applied to the cached features: the
+    scores and thresholds a request gets today. The cached "score" is whatever calibration was in use at
+    extraction time; pairing it with today's thresholds would mix two calibrations after a refit.
+    (word_scores.py recomputes the segment score the same way.)"""
     from guard import score
 
-    return score.load(model).thresholds
+    cal = score.load(model)
+    return (cal.score([r["features"] for r in rows]) if rows else np.zeros(0)), dict(cal.thresholds)
 
 
 def write_predictions(model: str, val: list[dict], fitted) -> Path:

@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         transforms=dict.fromkeys(detection.BASELINE_FEATURES, "identity"))
     val_scores[detection.BASELINE] = base.val_scores
     shipped = "shipped calibration (guard/calibration)"
-    val_scores[shipped] = np.array([r["score"] for r in val])
+    val_scores[shipped], shipped_thr = detection.shipped_scores(a.model, val)
     hc_scores[detection.BASELINE] = base.calibration.score(hc_feats) if hc_val else np.zeros(0)
-    hc_scores[shipped] = np.array([r["score"] for r in hc_val])
+    hc_scores[shipped] = detection.shipped_scores(a.model, hc_val)[0]
     base_trees = max(families.GRID, key=cv.get)
     single = "logistic" if cv["logistic"] + families.TREES_MARGIN > cv[base_trees] else base_trees
     best = max(cv, key=cv.get)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = {}
     for d, sc in val_scores.items():
         if d == shipped:
-            t = detection.shipped_thresholds(a.model)["flag"]
+            t = shipped_thr["flag"]
         elif d == detection.BASELINE:
             t = base.calibration.thresholds["flag"]
         else:

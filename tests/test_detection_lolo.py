@@ -70,7 +70,6 @@ def test_hard_cases_join_each_fit_except_the_left_out_language(population, monke
         assert m["auroc"] > 0.8  # "f" separates the synthetic labels
 
 
-
 def test_each_fit_can_be_the_shipped_family(population):
     """`fit=`: the benchmark passes the shipped candidate's family (LightGBM trees when CV chose them); every
     left-out language is then scored by that family's fit, with its own train out-of-fold threshold."""
