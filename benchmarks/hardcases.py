@@ -1,6 +1,6 @@
 """Hard-case clips generated from the DEV corpus' own recordings (issue 10, item 2).
 
-    python benchmarks/hardcases.py generate [--corpus ../shared/bench] [--out DIR] [--limit N]
+    python benchmarks/hardcases.py generate [--corpus ../shared/bench] [--out DIR] [--limit N] [--scale S]
     python benchmarks/hardcases.py extract  --model tiny.en [--out DIR] [--max-minutes M]
     python benchmarks/hardcases.py summary  [--out DIR]          # counts per kind -> README.md in DIR
 
@@ -13,7 +13,8 @@ and exact speech intervals in the corpus' manifest format, so `guard.labels` app
 
 Deterministic: clip k of recipe R is built from `random.Random(f"{SEED}:{R}:{k}")` alone, so any
 clip can be rebuilt on its own and a run that stops resumes where it stopped (clips whose file
-exists are kept). Split by source recording: every clip is built only from recordings on one
+exists are kept). `--scale 2` makes clips k = count .. 2 count - 1 of every recipe as well: new
+clips, the first ones unchanged. Split by source recording: every clip is built only from recordings on one
 side of DEV's own train/validation split (`guard.calibrate.split`), and carries that `side`, so
 validation recordings never feed training. The audio goes into a cache directory outside git
 (default ~/.cache/whisper-guard/hardcases), with `manifest.jsonl` beside it.
@@ -424,7 +425,8 @@ def write_flac(path: Path, x: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def generate(corpus: Path, out: Path, limit: int | None = None) -> Path:
+def generate(corpus: Path, out: Path, limit: int | None = None, scale: float = 1.0) -> Path:
+    """Clips 0 .. round(count x scale) - 1 of every recipe (at most `limit` each) that are not there yet."""
     src = Sources(corpus)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.jsonl"
@@ -438,6 +440,7 @@ def generate(corpus: Path, out: Path, limit: int | None = None) -> Path:
     done = 0
     with open(manifest, "a", encoding="utf-8") as f:
         for recipe, count in RECIPES.items():
+            count = round(count * scale)
             for k in range(count if limit is None else min(count, limit)):
                 cid = f"hc-{recipe.replace('_', '-')}-{k:04d}"
                 path = out / "audio" / f"{cid}.flac"
@@ -517,13 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=bench_dir())
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--limit", type=int, help="generate at most this many clips per recipe")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="generate: this many times each recipe's count (2: a second batch of new clips)")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--side", choices=("train", "val"), help="extract: only this side's clips")
     a = ap.parse_args(argv)
     if a.command == "generate":
-        generate(a.corpus, a.out, a.limit)
+        generate(a.corpus, a.out, a.limit, a.scale)
     elif a.command == "extract":
         extract(a.out, a.model, a.cache, a.max_minutes, a.side)
     text = summary(a.out)

@@ -74,6 +74,23 @@ def test_generate_resumes_and_labels_apply(corpus, tmp_path):
         assert labels["Thanks for watching!"] == 1
 
 
+def test_scale_adds_new_clips_and_keeps_the_first(corpus, tmp_path, monkeypatch):
+    """`--scale 2`: a second batch (clips k = count .. 2 count - 1), built from fresh seeds; batch one's clips
+    are the same bytes as before."""
+    monkeypatch.setattr(hardcases, "RECIPES", {"speech_gap": 1, "tempo": 1})
+    one, two = tmp_path / "one", tmp_path / "two"
+    hardcases.generate(corpus, one)
+    hardcases.generate(corpus, two, scale=2)
+    first, both = {c["id"] for c in hardcases.read(one)}, {c["id"] for c in hardcases.read(two)}
+    assert first == {"hc-speech-gap-0000", "hc-tempo-0000"}
+    assert both == first | {"hc-speech-gap-0001", "hc-tempo-0001"}
+    for cid in first:
+        assert (one / "audio" / f"{cid}.flac").read_bytes() == (two / "audio" / f"{cid}.flac").read_bytes()
+    new = [decode_file(two / "audio" / f"hc-{r}-{k:04d}.flac", max_seconds=600) for r in ("speech-gap", "tempo")
+           for k in (0, 1)]
+    assert not np.array_equal(new[0], new[1]) and not np.array_equal(new[2], new[3])
+
+
 def test_word_training_hard_cases_join_their_recordings_group(corpus, tmp_path):
     """benchmarks/word_scores.py trains on hard cases from train recordings only: each joins the
     out-of-fold group of the DEV recording it was built from, and one built from a validation
