@@ -14,7 +14,8 @@
    the six-feature baseline (the bar: avg_logprob, no_speech_prob, compression_ratio, Silero
    speech share under the segment (0 past the end of the audio), log(1 + duration), word count)
    and a "confidence-only" model the same way on train (optionally adding the hard-case clips'
-   train side, benchmarks/hardcases.py);
+   train side, benchmarks/hardcases.py; each hard case shares the CV group of the DEV recording it
+   was built from, hardcases.join_recording_groups);
 4. report on validation only: AUROC, TPR at 1% and 5% FPR for the guard and every anchor
    (avg_logprob, no_speech_prob, compression ratio, faster-whisper's skip rule, Silero VAD speech
    share, whisper-guard 0.3.3, Bag of Hallucinations, confidence-only), by kind/category, on the
@@ -46,6 +47,7 @@ from guard.signature import normalise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
+from hardcases import join_recording_groups  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -270,9 +272,9 @@ def population(model: str, corpus: Path, cache: Path, hardcases: Path | None = N
         hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl")
                     if not model.endswith(".en") or c.get("lang") in ("en", None)}
         hc_rows = load_rows(hc_cache, hc_clips)
+        join_recording_groups(hc_clips, clips, side, groups)  # before their sides join `side`
         for cid, c in hc_clips.items():
             side[cid] = c["side"]
-            groups[cid] = cid
     for k, r in enumerate(rows + hc_rows):
         r["_key"] = k
     return rows, hc_rows, info, side, groups

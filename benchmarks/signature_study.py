@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import detection  # noqa: E402
+from hardcases import join_recording_groups  # noqa: E402
 
 from guard import evaluation  # noqa: E402
 from guard.calibrate import FLAG_FPR, L2_GRID, groups_of, split, transform_for, usable_features  # noqa: E402
@@ -225,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             hc_clips = {c["id"]: c for c in read_manifest(a.hardcases / "manifest.jsonl")
                         if not a.model.endswith(".en") or c.get("lang") in ("en", None)}
             hc = detection.load_rows(hc_cache, hc_clips)
+            join_recording_groups(hc_clips, clips, side, groups)
             for cid, c in hc_clips.items():
-                side[cid], groups[cid], lang_of[cid] = c["side"], cid, c.get("lang")
+                side[cid], lang_of[cid] = c["side"], c.get("lang")
             hc_train = [r for r in hc if side[r["id"]] == "train"]
             rows += hc_train
             hc_note = f"{len(hc_train)} generated train segments ({sum(r['label'] for r in hc_train)} hallucinated)"

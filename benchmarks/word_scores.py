@@ -37,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from guard import evaluation  # noqa: E402
 from guard.calibrate import group_folds, groups_of, split, transform_for, usable_features  # noqa: E402
@@ -44,6 +45,7 @@ from guard.corpus import bench_dir, read_manifest  # noqa: E402
 from guard.labels import outside_speech, word_ops, words as norm_words  # noqa: E402
 from guard.score import Calibration, balanced_weights, fit_logistic, standardised  # noqa: E402
 from guard.words import add_relative, segment_context  # noqa: E402
+from hardcases import join_recording_groups  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -378,11 +380,7 @@ def hardcase_rows(model: str, hardcases: Path, cache: Path, clips: dict[str, dic
     DEV speech recording it was built from (the out-of-fold folds never split a recording); one built
     from a validation recording is an error."""
     hc_clips = {c["id"]: c for c in read_manifest(hardcases / "manifest.jsonl") if hardcase_train(model, c)}
-    for cid, c in hc_clips.items():
-        sources = [p["from"] for p in c.get("parts") or [] if clips.get(p.get("from"), {}).get("kind") == "speech"]
-        if any(side[src] != "train" for src in sources):
-            raise SystemExit(f"hard case {cid} was built from a validation recording: regenerate the hard cases")
-        groups[cid] = groups[sources[0]] if sources else cid
+    join_recording_groups(hc_clips, clips, side, groups)
     rows = label_words(model, hc_clips, cache)
     for r in rows:
         r["source"] = "hardcase"

@@ -115,3 +115,40 @@ def test_word_training_hard_cases_join_their_recordings_group(corpus, tmp_path):
     flipped = {**side, source: "val"}
     with pytest.raises(SystemExit, match="validation recording"):
         word_scores.hardcase_rows("tiny.en", out, cache, clips, flipped, groups_of(clips))
+
+
+def test_detection_folds_never_split_a_recording_from_its_hard_cases(corpus, tmp_path):
+    """benchmarks/detection.py's grouped CV (family, L2 and the default thresholds from out-of-fold
+    scores): every hard case shares the fold of the DEV speech recording it was built from. Before,
+    each hard case was its own group, so a fold could test a recording whose noisy copies it trained on."""
+    import detection
+
+    from guard.calibrate import group_folds
+    from guard.corpus import read_manifest
+
+    out = tmp_path / "hc"
+    hardcases.generate(corpus, out, limit=1)
+    dev = read_manifest(corpus / "manifest.jsonl")
+    clips = {c["id"]: c for c in dev}
+    hc = hardcases.read(out)
+
+    def cache(path, entries):
+        path.write_text("".join(json.dumps({"id": c["id"], "timings": {}, "duration": 1.0, "segments": []}) + "\n"
+                                for c in entries))
+        return path
+
+    _, _, _, side, groups = detection.population(
+        "tiny.en", corpus, cache(tmp_path / "dev.jsonl", dev), out, cache(tmp_path / "hc.jsonl", hc))
+    fold = dict(zip(groups, group_folds([{"id": cid} for cid in groups], groups, 5)))
+    with_speech = 0
+    for c in hc:
+        if c.get("lang") not in ("en", None):
+            continue
+        sources = [p["from"] for p in c["parts"] if clips.get(p["from"], {}).get("kind") == "speech"]
+        assert side[c["id"]] == c["side"] and all(side[s] == c["side"] for s in sources)
+        if sources:
+            with_speech += 1
+            assert groups[c["id"]] == groups[sources[0]] and fold[c["id"]] == fold[sources[0]]
+        else:
+            assert groups[c["id"]] == c["id"]
+    assert with_speech >= 5
