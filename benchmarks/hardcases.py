@@ -476,8 +476,9 @@ def join_recording_groups(hc_clips: dict[str, dict], clips: dict[str, dict], sid
     recording on one side and a clip built from it on the other. `clips`, `side` and `groups` are
     DEV's (`side` may already hold the hard cases' own sides). A clip built from a recording on the
     other side of DEV's split is an error: the hard cases predate the split and must be regenerated.
-    A long-form clip joins several recordings and keeps only the first: merging them all would join
-    most of train into one group (measured: 3,837 of 6,846 train clips), leaving no folds."""
+    A long-form clip joins several recordings and keeps only the first: merging all of their speech
+    recordings would put 3,837 of the 6,846 train clips (DEV and both batches) in one group, leaving
+    no folds."""
     for cid, c in hc_clips.items():
         sources = [p["from"] for p in c.get("parts") or [] if clips.get(p.get("from"), {}).get("kind") == "speech"]
         for src in sources:
