@@ -42,15 +42,18 @@ def _filled(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return x
 
 
-def _booster(x: np.ndarray, y: np.ndarray, params: dict):
+def _booster(x: np.ndarray, y: np.ndarray, params: dict, weight: np.ndarray | None = None):
     import lightgbm as lgb
 
     p = {**COMMON, **params}
     rounds = p.pop("num_boost_round")
-    return lgb.train(p, lgb.Dataset(x, y.astype(np.float64), free_raw_data=True), num_boost_round=rounds)
+    data = lgb.Dataset(x, y.astype(np.float64), weight=weight, free_raw_data=True)
+    return lgb.train(p, data, num_boost_round=rounds)
 
 
-def trees_oof(rows: list[dict], features: list[str], groups: dict[str, str], params: dict) -> np.ndarray:
+def trees_oof(rows: list[dict], features: list[str], groups: dict[str, str], params: dict,
+              weight: np.ndarray | None = None) -> np.ndarray:
+    """Grouped out-of-fold scores; `weight` (one per row, optional) weights the training rows."""
     x, y = raw_matrix(rows, features), np.array([r["label"] for r in rows])
     fold = group_folds(rows, groups, FOLDS)
     out = np.full(len(rows), np.nan)
@@ -59,7 +62,8 @@ def trees_oof(rows: list[dict], features: list[str], groups: dict[str, str], par
         if not te.any() or len(set(y[tr])) < 2:
             continue
         fill = np.nan_to_num(np.nanmedian(x[tr], axis=0))
-        out[te] = _booster(_filled(x[tr], fill), y[tr], params).predict(_filled(x[te], fill))
+        w = None if weight is None else weight[tr]
+        out[te] = _booster(_filled(x[tr], fill), y[tr], params, w).predict(_filled(x[te], fill))
     return out
 
 

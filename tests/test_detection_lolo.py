@@ -90,3 +90,17 @@ def test_each_fit_can_be_the_shipped_family(population):
         assert out[lang]["segments"] == logistic[lang]["segments"]  # the same test clips
         assert out[lang]["threshold"] != logistic[lang]["threshold"]  # but another model's threshold
         assert out[lang]["auroc"] > 0.8
+
+
+def test_trees_oof_weights_rows_only_when_asked(population):
+    """benchmarks/fold_grouping_study.py weights DEV rows through `families.trees_oof(weight=)`: unit weights
+    give the unweighted scores exactly, and other weights change them."""
+    import families
+    import numpy as np
+
+    rows, _, _, groups = population
+    params = families.GRID["trees 4 leaves x 400"]
+    plain = families.trees_oof(rows, ["f", "g"], groups, params)
+    assert np.array_equal(plain, families.trees_oof(rows, ["f", "g"], groups, params, np.ones(len(rows))))
+    heavy = np.array([5.0 if r["label"] else 1.0 for r in rows])
+    assert not np.allclose(plain, families.trees_oof(rows, ["f", "g"], groups, params, heavy))
