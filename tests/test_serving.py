@@ -96,3 +96,27 @@ def test_classify_names_the_outcome(tmp_path):
     with pytest.raises(Unavailable, match="loading"):
         serving.admit(serving.begin("Transcribe"))
     assert grpc  # imported here (not in the subprocess) for STATUS
+
+
+def test_readiness_turns_true_only_after_every_listener_is_told_and_false_before(guard):
+    """/readyz reads `ready`; gRPC health is a listener. A client that sees /readyz 200 must also
+    see gRPC SERVING (CI once saw NOT_SERVING right after /readyz 200), and a drain must make
+    /readyz 503 no later than health turns NOT_SERVING."""
+    from guard.config import Settings
+    from guard.serving.core import Serving
+
+    serving = Serving(Settings())
+    seen = []  # (told, ready as /readyz would answer while the listener is being told)
+    serving.on_serving(lambda told: seen.append((told, serving.ready)))
+    assert seen == [(False, False)]
+    serving.start(guard=guard)
+    assert seen[-1] == (True, False) and serving.ready
+    serving.close()
+    assert seen[-1] == (False, False) and not serving.ready
+
+    late = Serving(Settings())  # closed while the model loads: it never announces SERVING
+    told = []
+    late.on_serving(told.append)
+    late.close()
+    late.start(guard=guard)
+    assert told == [False, False] and not late.ready

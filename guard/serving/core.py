@@ -66,25 +66,37 @@ class Serving:
         self.loaded = threading.Event()  # set once loading ended, either way
         self.hard_stop = threading.Event()  # set when the drain grace period is over
         self._listeners: list[Callable[[bool], None]] = []
+        self._serving = False  # what every listener (gRPC health, metrics) has last been told
         self._started = False
         self._lock = threading.Lock()
+        self._announce_lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """Model loaded and not draining: what /readyz and gRPC health report."""
-        return self.guard is not None and not self.admission.closed
+        """Model loaded and not draining: what /readyz and gRPC health report. It turns true only
+        after every listener has been told (so a client that sees /readyz 200 also sees gRPC
+        SERVING), and false before any listener is told."""
+        return self._serving and not self.admission.closed
 
     def on_serving(self, listener: Callable[[bool], None]) -> None:
         """`listener(True)` when the guard starts serving, `listener(False)` when it stops."""
-        self._listeners.append(listener)
-        listener(self.ready)
+        with self._announce_lock:
+            self._listeners.append(listener)
+            listener(self.ready)
 
     def _announce(self, serving: bool) -> None:
-        if self.metrics:
-            self.metrics.set_serving(serving)
-        for listener in self._listeners:
-            listener(serving)
+        with self._announce_lock:
+            if serving and self.admission.closed:
+                return  # closed while loading: stays NOT_SERVING
+            if not serving:
+                self._serving = False
+            if self.metrics:
+                self.metrics.set_serving(serving)
+            for listener in self._listeners:
+                listener(serving)
+            if serving:
+                self._serving = True
 
     def start(self, guard=None, load: Callable[[Settings], object] | None = None) -> None:
         """Serve `guard`, or load one in the background (`load(settings)`, default `Guard`). Once."""
