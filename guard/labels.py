@@ -43,6 +43,12 @@ def _similar(a: str, b: str) -> float:
 
 def word_ops(hyp: list[str], ref: list[str]) -> list[str]:
     """Per hypothesis word: ok | sub | far | ins, from a Levenshtein alignment."""
+    return [op for op, _ in align(hyp, ref)]
+
+
+def align(hyp: list[str], ref: list[str]) -> list[tuple[str, int | None]]:
+    """Per hypothesis word: its op (as `word_ops`) and the index of the reference word it is aligned
+    with (None for an insertion)."""
     n, m = len(hyp), len(ref)
     cost = np.zeros((n + 1, m + 1), dtype=np.int32)
     cost[:, 0] = np.arange(n + 1)
@@ -73,7 +79,7 @@ def word_ops(hyp: list[str], ref: list[str]) -> list[str]:
                         _similar(hyp[min(k, nb)] + hyp[max(k, nb)], ref[matched[nb]]) >= SPLIT_JOIN:
                     ops[k] = "sub"
                     break
-    return ops
+    return list(zip(ops, matched))
 
 
 def outside_speech(start: float, end: float, speech: list[list[float]]) -> bool:

@@ -140,3 +140,11 @@ def test_selection_quality_is_auroc_plus_mean_low_fpr_tpr_over_scored_rows():
     assert evaluation.selection_quality(y, s) == expected
     unscored = np.concatenate([s, [np.nan, np.inf]])
     assert evaluation.selection_quality(np.concatenate([y, [1, 0]]), unscored) == expected
+
+
+def test_align_names_the_reference_word_each_hypothesis_word_stands_for():
+    from guard.labels import align
+
+    assert align(["helo", "big", "world"], ["hello", "big", "world"]) == [("sub", 0), ("ok", 1), ("ok", 2)]
+    assert align(["hello", "big", "world"], ["hello", "world"]) == [("ok", 0), ("ins", None), ("ok", 1)]
+    assert align(["2"], ["to"]) == [("far", 0)]  # the English normaliser writes "two" as "2"
