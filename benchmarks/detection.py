@@ -576,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-calibration", action="store_true", help="ship the fitted score in guard/calibration/")
     ap.add_argument("--ship", choices=("no-encoder", "all"), default="no-encoder",
                     help="which refit the default policy numbers and --write-calibration use")
+    ap.add_argument("--suffix", default="", help="appended to the output names (detection-<model><suffix>.*), "
+                    "e.g. -dev-only for a run without --hardcases, so that it leaves the committed tables alone")
     a = ap.parse_args(argv)
     cache = a.cache or CACHE_DIR / f"{a.model}-{FEATURE_SET}.jsonl"
     hc_cache = a.hardcase_cache or (a.hardcases / f"{a.model}-{FEATURE_SET}.jsonl" if a.hardcases else None)
@@ -585,11 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     np.seterr(all="ignore")
     result = evaluate(a.model, a.corpus, cache, a.write_calibration, a.hardcases, hc_cache, a.ship)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"detection-{a.model}.json").write_text(
+    stem = f"detection-{a.model}{a.suffix}"
+    (RESULTS / f"{stem}.json").write_text(
         json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=1, default=float))
     md = markdown(result)
-    (RESULTS / f"detection-{a.model}.md").write_text(md)
-    roc_plot(result, RESULTS / f"detection-{a.model}-roc.png")
+    (RESULTS / f"{stem}.md").write_text(md)
+    roc_plot(result, RESULTS / f"{stem}-roc.png")
     print(md)
     scorer = a.corpus / "score.py"
     if scorer.exists():
