@@ -43,7 +43,7 @@ COMMANDS = _commands()
 
 
 class _Parsed(Exception):
-    pass
+    """Raised with the parsed namespace the moment a script's parser succeeds: no work starts."""
 
 
 def test_the_readme_shows_benchmark_commands():
