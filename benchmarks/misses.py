@@ -21,7 +21,7 @@ scored at or below it by what made the corpus rule (`guard.labels`) call it hall
 - `mis-heard or invented words`: everything else (the words rule on ordinary speech).
 
 It also lists the grounded segments above the threshold (the false alarms that set it). Needs the
-extraction cache `detection.py` writes (run `detection.py --model <m>` first).
+extraction cache `detection.py` writes (run `detection.py --model <m> --suffix=-dev-only` first).
 
     .venv/bin/python benchmarks/misses.py --model tiny.en
 """
@@ -38,7 +38,7 @@ import numpy as np
 from guard.calibrate import fit_on_split
 from guard.corpus import bench_dir, read_manifest
 from guard.evaluation import threshold_at_fpr
-from guard.labels import UNSUPPORTED_SHARE, align, outside_speech, words
+from guard.labels import UNSUPPORTED_SHARE, clip_alignment, outside_speech, words
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection import BASELINE_FEATURES, CACHE_DIR, FEATURE_SET, RESULTS, holds_speech, population, shipped_scores  # noqa: E402
@@ -61,14 +61,9 @@ def _numeric(w: str) -> bool:
 
 def cause(row: dict, clip: dict, clip_rows: list[dict]) -> tuple[str, list[str]]:
     """Why the corpus rule labels `row` hallucinated, and its unsupported words as `hyp->ref`.
-    The alignment is the clip-level one `label_segments` makes (every segment of the clip at once)."""
-    segs = sorted(clip_rows, key=lambda p: (p["start"], p["end"]))
-    seg_words = [words(p.get("text", ""), clip.get("lang")) for p in segs]
+    The alignment is the clip-level one `label_segments` reads (`guard.labels.clip_alignment`)."""
     ref = words(clip.get("text", ""), clip.get("lang"))
-    ops = align([w for ws in seg_words for w in ws], ref)
-    k = 0
-    for seg, ws in zip(segs, seg_words):
-        seg_ops, k = ops[k:k + len(ws)], k + len(ws)
+    for seg, ws, seg_ops in clip_alignment(clip, clip_rows):
         if seg is not row:
             continue
         bad = [(w, op, j) for w, (op, j) in zip(ws, seg_ops) if op in ("ins", "far")]

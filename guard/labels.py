@@ -86,6 +86,19 @@ def outside_speech(start: float, end: float, speech: list[list[float]]) -> bool:
     return all(end <= s - TOLERANCE_S or start >= e + TOLERANCE_S for s, e in speech)
 
 
+def clip_alignment(clip: dict, segments: list[dict]) -> list[tuple[dict, list[str], list[tuple[str, int | None]]]]:
+    """Per segment of one clip, in time order: the segment, its normalised words and their `align` ops
+    against the clip's reference. All segments are aligned at once, as the corpus rule does."""
+    segs = sorted(segments, key=lambda p: (p["start"], p["end"]))
+    seg_words = [words(p.get("text", ""), clip.get("lang")) for p in segs]
+    ops = align([w for ws in seg_words for w in ws], words(clip.get("text", ""), clip.get("lang")))
+    out, k = [], 0
+    for seg, ws in zip(segs, seg_words):
+        out.append((seg, ws, ops[k:k + len(ws)]))
+        k += len(ws)
+    return out
+
+
 def label_segments(clips: dict[str, dict], segments: list[dict]) -> list[dict]:
     """Rows of `segments` ({id, start, end, text, ...}) with `label` (1 = hallucinated) and `n_words`."""
     by_clip: dict[str, list[dict]] = defaultdict(list)
@@ -94,14 +107,10 @@ def label_segments(clips: dict[str, dict], segments: list[dict]) -> list[dict]:
     out = []
     for cid, segs in by_clip.items():
         clip = clips[cid]
-        segs.sort(key=lambda p: (p["start"], p["end"]))
-        seg_words = [words(p.get("text", ""), clip.get("lang")) for p in segs]
-        ops = word_ops([w for ws in seg_words for w in ws], words(clip.get("text", ""), clip.get("lang")))
-        k = 0
-        for seg, ws in zip(segs, seg_words):
-            seg_ops, k = ops[k:k + len(ws)], k + len(ws)
+        for seg, ws, aligned in clip_alignment(clip, segs):
             if not ws:
                 continue
+            seg_ops = [op for op, _ in aligned]
             unsupported = (seg_ops.count("ins") + seg_ops.count("far")) / len(ws)
             hallucinated = unsupported >= UNSUPPORTED_SHARE or outside_speech(seg["start"], seg["end"], clip["speech"])
             out.append({**seg, "label": int(hallucinated), "n_words": len(ws), "kind": clip["kind"],
