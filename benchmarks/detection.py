@@ -290,7 +290,8 @@ def evaluate(model: str, corpus: Path, cache: Path, write_calibration: bool, har
     v1_features = [f for f in all_features if not any(m in f for m in NEW_MARKERS)]
     guard_fit = fit_on_split(model, fit_rows, side, groups, all_features)
     noenc_fit, _ = families.fit_family_on_split(model, fit_rows, side, groups,
-                                                [f for f in all_features if not f.startswith("encoder.output.")])
+                                                [f for f in all_features if not f.startswith("encoder.output.")],
+                                                travel=not model.endswith(".en"))
     shipped_fit = noenc_fit if ship == "no-encoder" else guard_fit
     v1_fit = fit_on_split(model, fit_rows, side, groups, v1_features)
     base_fit = fit_on_split(model, fit_rows, side, groups, BASELINE_FEATURES,
@@ -483,6 +484,12 @@ def markdown(result: dict) -> str:
     fam = result["noenc_fit"]
     lines += [f"Shipped candidate's model family: **{fam['family']}** ({fam['selection']}). CV quality on train: "
               + ", ".join(f"{k} {v:.4f}" for k, v in fam["cv_quality"].items()) + ".", ""]
+    if fam.get("travel"):
+        lines += ["Travel check on train (each language held out of train in turn; its grounded train segments "
+                  "flagged at the fit's own threshold): " + "; ".join(
+                      f"{f} {t['grounded_flagged']}/{t['grounded']} ("
+                      + ", ".join(f"{lang} {m['grounded_flagged']}/{m['grounded']}" for lang, m in t["languages"].items())
+                      + ")" for f, t in fam["travel"].items()) + ".", ""]
     lines += _strata_tables(result["table"])
     for key, family in (("leave_one_language_out", "logistic"),
                         ("leave_one_language_out_shipped_family", result["noenc_fit"]["family"])):
