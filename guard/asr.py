@@ -53,6 +53,8 @@ class Window:
     compression_ratio: float
     temperature: float
     language: str
+    language_prob: float = 1.0  # the model's probability that the audio is in `language` (first window; nan: not asked)
+    language_margin: float = 1.0  # that probability less the most probable other language's
     segments: list[Segment] = field(default_factory=list)
 
     @property
@@ -74,6 +76,9 @@ class DecodeState:
     all_tokens: list[int] = field(default_factory=list)
     prompt_reset_since: int = 0
     language: str | None = None
+    language_prob: float | None = None
+    language_margin: float | None = None
+    language_prob_wanted: bool = True  # False: a given language is not scored (saves a detection pass)
 
 
 class Transcriber:
@@ -134,8 +139,12 @@ class Transcriber:
         start = state.seek * HOP - offset
         window_audio = audio[start:start + WINDOW_SAMPLES]
         encoded, encoder_output, n_frames = self.encode(window_audio)
-        if state.language is None:
-            state.language = language or self._detect_language(encoded)
+        if state.language_prob is None:
+            given = state.language or language
+            if given is None or state.language_prob_wanted:
+                state.language, state.language_prob, state.language_margin = self.detect_language(encoded, given)
+            else:
+                state.language, state.language_prob, state.language_margin = given, float("nan"), float("nan")
         tokenizer = self.tokenizer(state.language)
         previous = state.all_tokens[state.prompt_reset_since:]
         prompt = self.whisper.get_prompt(tokenizer, previous, without_timestamps=False)
@@ -148,7 +157,7 @@ class Transcriber:
             segment_duration=n_frames * HOP / SAMPLE_RATE, seek=state.seek)
         window = Window(state.window_index, state.seek, n_frames, window_audio, encoder_output, prompt, tokens,
                         float(avg_logprob), float(result.no_speech_prob), float(compression_ratio),
-                        float(temperature), state.language)
+                        float(temperature), state.language, state.language_prob, state.language_margin)
         # Whisper's timestamps are multiples of 20 ms and can run past the audio (6.00 s on a 5.516 s
         # file): clamp them to the window's real samples, so no time ever exceeds the audio.
         audio_end = time_offset + len(window_audio) / SAMPLE_RATE
@@ -185,11 +194,21 @@ class Transcriber:
                 raise Cancelled("the call was cancelled or its deadline passed; work stopped")
             yield self.decode_window(audio, state, options, language, offset)
 
-    def _detect_language(self, encoded: ctranslate2.StorageView) -> str:
+    def detect_language(self, encoded: ctranslate2.StorageView, language: str | None = None
+                        ) -> tuple[str, float, float]:
+        """The language to decode in (`language` if given, else faster-whisper's choice: the most probable
+        on this window), the model's probability for it on this window, and that probability less the
+        most probable other language's. An English-only model: ("en", 1.0, 1.0).
+
+        Both are signature features (`lang.prob`, `lang.margin`): a multilingual model that is unsure
+        which language it hears tends to write fluent text in another one. The decode never reads them."""
         if not self.multilingual:
-            return "en"
-        token, _prob = self.ct2.detect_language(encoded)[0][0]
-        return token[2:-2]
+            return "en", 1.0, 1.0
+        probs = [(token[2:-2], float(p)) for token, p in self.ct2.detect_language(encoded)[0]]
+        chosen = language or probs[0][0]
+        prob = dict(probs).get(chosen, 0.0)
+        other = max((p for lang, p in probs if lang != chosen), default=0.0)
+        return chosen, prob, prob - other
 
 
 def host_array(view: ctranslate2.StorageView) -> np.ndarray:

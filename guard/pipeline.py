@@ -210,7 +210,7 @@ class Guard:
         timings = {**decoded, **dict.fromkeys(("transcribe", "probe", "signature", "score"), 0.0)}
         windows = plan_verify_windows(transcript, len(audio) / SAMPLE_RATE)
         scored: list[ScoredSegment] = []
-        language = options.language
+        language, confidence = options.language, None
         index = 0
         last_speech = 0.0
         words_on = wants_words(options)
@@ -220,7 +220,8 @@ class Guard:
             t0 = time.perf_counter()
             first = int(round(start * SAMPLE_RATE / HOP)) * HOP
             window_audio = audio[first:first + WINDOW_SAMPLES]
-            encoder_output, n_frames, language, own = self._encode_and_decode(bundle, window_audio, language, options)
+            encoder_output, n_frames, language, confidence, own = self._encode_and_decode(
+                bundle, window_audio, language, confidence, options)
             tokenizer = bundle.transcriber.tokenizer(language)
             prompt = list(tokenizer.sot_sequence) + ([] if timed else [tokenizer.no_timestamps])
             aligned = align_window([seg.text for seg in segs], own.text, language)
@@ -244,7 +245,7 @@ class Guard:
             sot_row = prompt.index(tokenizer.sot) if tokenizer.sot in prompt else 0
             extra_rows = np.array([eot_row, sot_row]), np.array([tokenizer.eot, tokenizer.no_speech])
             window = Window(w, first // HOP, n_frames, window_audio, encoder_output, prompt, tokens, 0.0, 0.0, 0.0,
-                            0.0, language)
+                            0.0, language, *confidence)
             plan = self._word_plan(bundle, window, spans) if words_on else None
             ctx, cache_lp = self._probe(bundle, window, extra_rows, timings)
             lp_emitted = ctx.token_logprob[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
@@ -278,11 +279,17 @@ class Guard:
                            options.granularity)
 
     def _encode_and_decode(self, bundle: Bundle, window_audio: np.ndarray, language: str | None,
-                           options: RequestOptions) -> tuple[np.ndarray, int, str, OwnDecode]:
-        """Encode a verify window once and decode it (greedy unless the request sets a beam; no previous text)."""
+                           confidence: tuple[float, float] | None, options: RequestOptions
+                           ) -> tuple[np.ndarray, int, str, tuple[float, float], OwnDecode]:
+        """Encode a verify window once and decode it (greedy unless the request sets a beam; no previous text).
+        The language and its probability come from the first window (as in transcribe) unless already known."""
         encoded, encoder_output, n_frames = bundle.transcriber.encode(window_audio)
-        if language is None:
-            language = bundle.transcriber._detect_language(encoded)
+        if confidence is None:  # (lang.prob, lang.margin) of the first window
+            if language is None or wants_language_prob(bundle.verify_calibration or bundle.calibration, options):
+                language, *found = bundle.transcriber.detect_language(encoded, language)
+                confidence = (found[0], found[1])
+            else:
+                confidence = (float("nan"), float("nan"))
         tokenizer = bundle.transcriber.tokenizer(language)
         asr_options = bundle.transcriber.options(beam_size=options.beam_size or 1, language=language)  # greedy: cheap
         prompt = bundle.transcriber.whisper.get_prompt(tokenizer, [], without_timestamps=False)
@@ -292,7 +299,7 @@ class Guard:
 
         own = OwnDecode(tokenizer.decode(list(result.sequences_ids[0])).strip(), float(avg_logprob),
                         float(result.no_speech_prob))
-        return encoder_output, n_frames, language, own
+        return encoder_output, n_frames, language, confidence, own
 
     # ------------------------------------------------------------ shared stages
     def _probe(self, bundle: Bundle, window: Window, extra_rows: tuple[np.ndarray, np.ndarray] | None,
@@ -358,6 +365,9 @@ class Guard:
             sl = SegmentSlice(rows, frame_lo, frame_hi, i, len(window.segments))
             feats = text_features(seg.text if texts is None else texts[i], seg.start, seg.end, seg.avg_logprob,
                                   seg.no_speech_prob, seg.compression_ratio, seg.temperature, self.phrases)
+            if np.isfinite(window.language_prob):  # nan: a given language the score does not read
+                feats["lang.prob"] = float(window.language_prob)
+                feats["lang.margin"] = float(window.language_margin)
             with blas.single_threaded():  # see guard.blas
                 feats.update(segment_features(ctx, sl))
                 if geometry:
@@ -475,7 +485,7 @@ class StreamSession:
         self.asr_options = bundle.transcriber.options(
             beam_size=options.beam_size, language=options.language,
             temperatures=[options.temperature] if options.temperature else None)
-        self.state = DecodeState()
+        self.state = DecodeState(language_prob_wanted=wants_language_prob(bundle.calibration, options))
         if options.prompt and options.prompt.strip():  # as faster-whisper's initial_prompt: previous text
             self.state.all_tokens.extend(bundle.transcriber.tokenizer(options.language).encode(" " + options.prompt.strip()))
         self.chunks: list[np.ndarray] = []
@@ -575,6 +585,13 @@ def _shipped(name: str) -> scoring.Calibration | None:
         return scoring.load(name)
     except ModelError:
         return None
+
+
+def wants_language_prob(calibration: scoring.Calibration | None, options: RequestOptions) -> bool:
+    """Whether a request that gives its language still pays the detection pass for `lang.prob` and
+    `lang.margin` (about 2% of a 36 s base transcription on CPU): only when the score reads them or
+    features are returned."""
+    return bool(options.return_features or (calibration is not None and calibration.uses("lang.")))
 
 
 def wants_words(options: RequestOptions) -> bool:
