@@ -47,6 +47,7 @@ from guard.signature import normalise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
+import language_backfill  # noqa: E402
 from hardcases import join_recording_groups  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -175,6 +176,7 @@ def extract(corpus: Path, model: str, cache: Path) -> None:
 # ---------------------------------------------------------------- report
 def load_rows(cache: Path, clips: dict[str, dict], info_out: dict | None = None) -> list[dict]:
     segments, info = load(cache)
+    language_backfill.fill(segments, language_backfill.read(cache))  # lang.prob for rows extracted before it
     rows = [r for r in label_segments(clips, [s for s in segments if s["id"] in clips])]
     for r in rows:
         r["lang"] = clips[r["id"]].get("lang")
