@@ -19,6 +19,24 @@ def base():
     return Transcriber(resolve("base", cache=settings.model_cache), settings)
 
 
+@pytest.fixture()
+def detections(base, monkeypatch):
+    """Every CTranslate2 language detection `base` runs during a test: (calls, the real method)."""
+    calls = []
+    real = base.ct2.detect_language
+
+    class Spy:  # ctranslate2's Whisper object is read-only; wrap it
+        def __getattr__(self, name):
+            return getattr(real.__self__, name)
+
+        def detect_language(self, encoded):
+            calls.append(1)
+            return real(encoded)
+
+    monkeypatch.setattr(base, "ct2", Spy())
+    return calls, real
+
+
 def _windows(t, audio, language=None):
     from guard.asr import DecodeState
 
@@ -38,20 +56,9 @@ def test_auto_detected_language_and_its_probability_are_faster_whispers(base, lo
     assert all(w.language_prob == state.language_prob for w in windows)  # the first window's, carried
 
 
-def test_detection_runs_once_a_stream_and_a_given_language_gets_its_own_probability(base, load_audio, monkeypatch):
+def test_detection_runs_once_a_stream_and_a_given_language_gets_its_own_probability(base, load_audio, detections):
     audio = load_audio(LONG)
-    calls = []
-    real = base.ct2.detect_language
-
-    class Spy:  # ctranslate2's Whisper object is read-only; wrap it
-        def __getattr__(self, name):
-            return getattr(base.ct2, name)
-
-        def detect_language(self, encoded):
-            calls.append(1)
-            return real(encoded)
-
-    monkeypatch.setattr(base, "ct2", Spy())
+    calls, real = detections
     _, auto = _windows(base, audio)
     assert len(calls) == 1 and len(auto) >= 2
     calls.clear()
@@ -87,23 +94,12 @@ def test_english_only_model_reports_one_and_the_signature_carries_it(guard, load
 
 
 def test_a_given_language_skips_the_detection_pass_unless_the_score_or_the_caller_reads_it(base, load_audio,
-                                                                                           monkeypatch):
+                                                                                           detections, monkeypatch):
     from guard.asr import DecodeState
     from guard.pipeline import _shipped, wants_language_prob
     from guard.results import RequestOptions
 
-    calls = []
-    real = base.ct2.detect_language
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(base.ct2, name)
-
-        def detect_language(self, encoded):
-            calls.append(1)
-            return real(encoded)
-
-    monkeypatch.setattr(base, "ct2", Spy())
+    calls, _ = detections
     audio = load_audio(SPEECH)
     state = DecodeState(language_prob_wanted=False)
     windows = list(base.windows(audio, state, base.options(language="en"), "en", final=True))
