@@ -176,7 +176,7 @@ def extract(corpus: Path, model: str, cache: Path) -> None:
 # ---------------------------------------------------------------- report
 def load_rows(cache: Path, clips: dict[str, dict], info_out: dict | None = None) -> list[dict]:
     segments, info = load(cache)
-    language_backfill.fill(segments, language_backfill.read(cache))  # lang.prob for rows extracted before it
+    language_backfill.fill(segments, language_backfill.read(cache))  # lang.* for rows extracted before them
     rows = [r for r in label_segments(clips, [s for s in segments if s["id"] in clips])]
     for r in rows:
         r["lang"] = clips[r["id"]].get("lang")

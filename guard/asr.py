@@ -140,11 +140,8 @@ class Transcriber:
         window_audio = audio[start:start + WINDOW_SAMPLES]
         encoded, encoder_output, n_frames = self.encode(window_audio)
         if state.language_prob is None:
-            given = state.language or language
-            if given is None or state.language_prob_wanted:
-                state.language, state.language_prob, state.language_margin = self.detect_language(encoded, given)
-            else:
-                state.language, state.language_prob, state.language_margin = given, float("nan"), float("nan")
+            state.language, state.language_prob, state.language_margin = self.resolve_language(
+                encoded, state.language or language, state.language_prob_wanted)
         tokenizer = self.tokenizer(state.language)
         previous = state.all_tokens[state.prompt_reset_since:]
         prompt = self.whisper.get_prompt(tokenizer, previous, without_timestamps=False)
@@ -193,6 +190,14 @@ class Transcriber:
             if cancel is not None and cancel():
                 raise Cancelled("the call was cancelled or its deadline passed; work stopped")
             yield self.decode_window(audio, state, options, language, offset)
+
+    def resolve_language(self, encoded: ctranslate2.StorageView, language: str | None, wanted: bool
+                         ) -> tuple[str, float, float]:
+        """`detect_language`, except that a given language skips the detection pass unless `wanted`
+        (its probability and margin are then nan: nothing reads them)."""
+        if language is None or wanted:
+            return self.detect_language(encoded, language)
+        return language, float("nan"), float("nan")
 
     def detect_language(self, encoded: ctranslate2.StorageView, language: str | None = None
                         ) -> tuple[str, float, float]:

@@ -285,11 +285,9 @@ class Guard:
         The language and its probability come from the first window (as in transcribe) unless already known."""
         encoded, encoder_output, n_frames = bundle.transcriber.encode(window_audio)
         if confidence is None:  # (lang.prob, lang.margin) of the first window
-            if language is None or wants_language_prob(bundle.verify_calibration or bundle.calibration, options):
-                language, *found = bundle.transcriber.detect_language(encoded, language)
-                confidence = (found[0], found[1])
-            else:
-                confidence = (float("nan"), float("nan"))
+            language, prob, margin = bundle.transcriber.resolve_language(
+                encoded, language, wants_language_prob(bundle.verify_calibration or bundle.calibration, options))
+            confidence = (prob, margin)
         tokenizer = bundle.transcriber.tokenizer(language)
         asr_options = bundle.transcriber.options(beam_size=options.beam_size or 1, language=language)  # greedy: cheap
         prompt = bundle.transcriber.whisper.get_prompt(tokenizer, [], without_timestamps=False)
