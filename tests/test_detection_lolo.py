@@ -139,21 +139,17 @@ def test_travel_check_holds_each_language_out_of_train_and_never_reads_validatio
 
 def _band_rows(n: int = 240) -> tuple[list[dict], dict, dict]:
     """Labels trees separate and a linear model cannot (|f| beyond a band): trees win CV by far."""
+    import families
+
     rng = random.Random(11)
     rows, side = [], {}
-    langs = ("en", *families_langs(), None)
+    langs = ("en", *families.TRAVEL_LANGS, None)
     for k in range(n):
         f, g = rng.gauss(0, 1), rng.gauss(0, 1)
         rows.append({"id": f"c{k}", "lang": langs[k % len(langs)], "label": int(abs(f) > 0.8),
                      "features": {"f": f, "g": g}})
         side[f"c{k}"] = "val" if k % 5 == 0 else "train"
     return rows, side, {cid: cid for cid in side}
-
-
-def families_langs() -> tuple[str, ...]:
-    import families
-
-    return families.TRAVEL_LANGS
 
 
 @pytest.mark.parametrize("trees_flagged, expected", [(3, "logistic"), (2, "trees 4 leaves x 400"),
